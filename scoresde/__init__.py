@@ -1,0 +1,28 @@
+"""scoresde: score-based generative modelling in the SDE view (Song et al., 2021).
+
+Public API (stable): the linear SDEs, the score-model wrapper and the exact models.
+"""
+
+from . import samplers
+from .exact import Gaussian, GaussianMixture
+from .model import NonFiniteError, Prediction, ScoreModel
+from .samplers import SampleResult, sample
+from .sde import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LinearSDE",
+    "VPSDE",
+    "SubVPSDE",
+    "VESDE",
+    "EDMSDE",
+    "ScoreModel",
+    "Prediction",
+    "NonFiniteError",
+    "GaussianMixture",
+    "Gaussian",
+    "sample",
+    "SampleResult",
+    "samplers",
+]

@@ -1,0 +1,65 @@
+"""Small shared helpers: broadcasting, float64 time arithmetic, argument checks."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any, Iterable
+
+import torch
+from torch import Tensor
+
+
+def append_dims(v: Tensor, ndim: int) -> Tensor:
+    """Append trailing singleton dims so that a (B,) tensor broadcasts against (B, *D)."""
+    if v.ndim > ndim:
+        raise ValueError(f"append_dims: tensor has {v.ndim} dims, more than the target {ndim}")
+    return v.reshape(v.shape + (1,) * (ndim - v.ndim))
+
+
+def as_time(t: Any, *, device: torch.device | None = None) -> Tensor:
+    """Turn a float, array or tensor of times into a float64 tensor (time arithmetic is float64)."""
+    if isinstance(t, Tensor):
+        return t.to(device=device if device is not None else t.device, dtype=torch.float64)
+    return torch.as_tensor(t, dtype=torch.float64, device=device)
+
+
+def batch_time(t: Any, batch: int, device: torch.device, name: str = "t") -> Tensor:
+    """Broadcast a scalar or (B,) time to a (B,) float64 tensor, checking the shape."""
+    t = as_time(t, device=device)
+    if t.ndim == 0:
+        return t.expand(batch)
+    if t.ndim != 1 or t.shape[0] != batch:
+        raise ValueError(
+            f"{name} must be a scalar or a 1-D tensor of the batch size {batch}; got shape {tuple(t.shape)}"
+        )
+    return t
+
+
+def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
+    """Raise a ValueError naming the argument and the accepted values."""
+    choices = list(choices)
+    if value not in choices:
+        raise ValueError(f"{name}={value!r} is not one of the accepted values: {', '.join(map(repr, choices))}")
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write a file atomically: temp file in the same folder, fsync, rename."""
+    path = os.fspath(path)
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))

@@ -1,0 +1,257 @@
+"""One score-model interface: any parameterisation in, score / eps / x0 / v out, from ONE call.
+
+Conventions (x_t = alpha x_0 + sigma eps, for the SDE the model is wrapped with):
+
+* ``score = -eps / sigma``
+* ``x0 = (x - sigma eps) / alpha``
+* ``v = (alpha eps - sigma x0) / r`` with ``r = sqrt(alpha^2 + sigma^2)`` (Salimans & Ho 2022 for
+  VP, where r = 1; the normalisation keeps the definition scale-free for other SDEs)
+* ``denoiser``: the network is EDM's ``D(x; sigma~)`` on the scaled input ``x / alpha`` with
+  ``sigma~ = sigma / alpha``, returning x0 (Karras et al. 2022, Eq. 4 / Table 1)
+* ``edm``: EDM's preconditioned raw network ``F``:
+  ``x0 = c_skip x~ + c_out F(c_in x~, c_noise)`` with ``x~ = x / alpha``,
+  ``c_skip = sd^2/(s^2+sd^2)``, ``c_out = s sd/sqrt(s^2+sd^2)``, ``c_in = 1/sqrt(s^2+sd^2)``,
+  ``c_noise = ln(s)/4`` (s = sigma~, sd = sigma_data).
+
+This file is the only home of these conversions.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import Tensor, nn
+
+from ._utils import append_dims, batch_time, check_choice
+from .sde import LinearSDE
+
+__all__ = ["ScoreModel", "Prediction", "NonFiniteError", "PARAMETERIZATIONS", "NOISE_INPUTS", "as_model"]
+
+PARAMETERIZATIONS = ("score", "eps", "x0", "v", "denoiser", "edm")
+NOISE_INPUTS = ("t", "sigma", "log_sigma", "lambda", "edm")
+
+
+class NonFiniteError(FloatingPointError):
+    """A model produced NaN or Inf. ``t`` and ``call`` say where."""
+
+    def __init__(self, message: str, *, t: float | None = None, call: int | None = None):
+        super().__init__(message)
+        self.t = t
+        self.call = call
+
+
+@dataclass
+class Prediction:
+    """The output of one network call, viewable in every parameterisation.
+
+    ``alpha`` and ``sigma`` are broadcast to x's rank and cast to x's dtype.
+    """
+
+    x: Tensor  # (B, *D)
+    t: Tensor  # (B,) float64
+    alpha: Tensor  # (B, 1, ...)
+    sigma: Tensor  # (B, 1, ...)
+    kind: str  # which of eps / x0 / score / v the network gave
+    out: Tensor  # (B, *D) that quantity
+
+    @property
+    def eps(self) -> Tensor:
+        if self.kind == "eps":
+            return self.out
+        if self.kind == "x0":
+            return (self.x - self.alpha * self.out) / self.sigma
+        if self.kind == "score":
+            return -self.sigma * self.out
+        r2 = self.alpha**2 + self.sigma**2  # v
+        return (self.sigma * self.x + self.alpha * torch.sqrt(r2) * self.out) / r2
+
+    @property
+    def x0(self) -> Tensor:
+        if self.kind == "x0":
+            return self.out
+        if self.kind == "v":
+            r2 = self.alpha**2 + self.sigma**2
+            return (self.alpha * self.x - self.sigma * torch.sqrt(r2) * self.out) / r2
+        return (self.x - self.sigma * self.eps) / self.alpha
+
+    @property
+    def score(self) -> Tensor:
+        if self.kind == "score":
+            return self.out
+        return -self.eps / self.sigma
+
+    @property
+    def v(self) -> Tensor:
+        if self.kind == "v":
+            return self.out
+        r = torch.sqrt(self.alpha**2 + self.sigma**2)
+        return (self.alpha * self.eps - self.sigma * self.x0) / r
+
+
+def convert(x: Tensor, alpha: Tensor, sigma: Tensor, value: Tensor, src: str, dst: str) -> Tensor:
+    """Convert ``value`` given in parameterisation ``src`` to ``dst`` (each of eps, x0, score, v)."""
+    for name, v in (("src", src), ("dst", dst)):
+        check_choice(name, v, ("eps", "x0", "score", "v"))
+    return getattr(Prediction(x, alpha.new_zeros(()), alpha, sigma, src, value), dst)
+
+
+class ScoreModel(nn.Module):
+    """Wrap a network of any parameterisation into a model that gives score, eps, x0 and v.
+
+    Args:
+        net: ``net(x_in, c_noise, **cond) -> Tensor`` of x's shape; an ``nn.Module`` or any
+            callable (a bare ``score_fn(x, t)`` is ``ScoreModel(score_fn, sde)``).
+        sde: the linear SDE the network was trained for.
+        parameterization: what the network outputs: one of ``score``, ``eps``, ``x0``, ``v``,
+            ``denoiser`` (EDM's D(x; sigma) call convention) or ``edm`` (EDM-preconditioned F).
+        noise_input: what the network receives as ``c_noise``: ``t`` (default), ``sigma``,
+            ``log_sigma``, ``lambda``, or ``edm`` (ln(sigma~)/4). ``denoiser`` always receives
+            sigma~ and ``edm`` always receives ln(sigma~)/4.
+        sigma_data: EDM's data std (``edm`` only), default 0.5.
+        check_finite: raise :class:`NonFiniteError` on NaN/Inf output (costs one host sync
+            per call on GPU; samplers may turn it off and check once at the end).
+
+    Calling ``model(x, t, **cond)`` makes exactly one network call and returns a
+    :class:`Prediction`; ``model.nfe`` counts calls (one per batch call).
+    """
+
+    def __init__(
+        self,
+        net: Callable[..., Tensor],
+        sde: LinearSDE,
+        parameterization: str = "score",
+        *,
+        noise_input: str = "t",
+        sigma_data: float = 0.5,
+        check_finite: bool = True,
+    ):
+        super().__init__()
+        check_choice("parameterization", parameterization, PARAMETERIZATIONS)
+        check_choice("noise_input", noise_input, NOISE_INPUTS)
+        if not isinstance(sde, LinearSDE):
+            raise TypeError(f"sde must be a scoresde LinearSDE; got {type(sde).__name__}")
+        if not callable(net):
+            raise TypeError(f"net must be callable; got {type(net).__name__}")
+        if not (sigma_data > 0 and math.isfinite(sigma_data)):
+            raise ValueError(f"sigma_data must be positive and finite; got {sigma_data}")
+        self.net = net  # registered as a submodule when it is an nn.Module
+        self.sde = sde
+        self.parameterization = parameterization
+        self.noise_input = noise_input
+        self.sigma_data = float(sigma_data)
+        self.check_finite = check_finite
+        self.nfe = 0
+
+    def reset_nfe(self) -> None:
+        self.nfe = 0
+
+    def _c_noise(self, t: Tensor) -> Tensor:
+        sde, mode = self.sde, self.noise_input
+        if mode == "t":
+            return t
+        if mode == "sigma":
+            return sde.sigma(t)
+        if mode == "log_sigma":
+            return sde.log_sigma(t)
+        if mode == "lambda":
+            return sde.lam(t)
+        return 0.25 * torch.log(sde.sigma_tilde(t))  # edm
+
+    def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Prediction:
+        """One network call at (x, t). x: (B, *D); t: (B,) or scalar, SDE time."""
+        if not isinstance(x, Tensor) or x.ndim < 2:
+            raise ValueError(
+                f"x must be a tensor of shape (B, *D) with a batch dim; got "
+                f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+            )
+        t = batch_time(t, x.shape[0], x.device)
+        sde = self.sde
+        alpha64, sigma64 = sde.alpha(t), sde.sigma(t)
+        alpha = append_dims(alpha64, x.ndim).to(x.dtype)
+        sigma = append_dims(sigma64, x.ndim).to(x.dtype)
+        p = self.parameterization
+        net_dtype = _net_dtype(self.net, x.dtype)
+        if p in ("denoiser", "edm"):
+            s = sigma64 / alpha64  # sigma~, float64
+            x_in = x / alpha
+            if p == "denoiser":
+                out = self.net(x_in.to(net_dtype), s.to(net_dtype), **cond)
+            else:
+                sd = self.sigma_data
+                s_ = append_dims(s, x.ndim).to(x.dtype)
+                c_in = 1.0 / torch.sqrt(s_**2 + sd**2)
+                c_skip = sd**2 / (s_**2 + sd**2)
+                c_out = s_ * sd / torch.sqrt(s_**2 + sd**2)
+                c_noise = (0.25 * torch.log(s)).to(net_dtype)
+                F = self.net((c_in * x_in).to(net_dtype), c_noise, **cond)
+                self._check_shape(F, x)
+                out = c_skip * x_in + c_out * F.to(x.dtype)
+            kind = "x0"
+        else:
+            out = self.net(x.to(net_dtype), self._c_noise(t).to(net_dtype), **cond)
+            kind = p
+        self._check_shape(out, x)
+        out = out.to(x.dtype)
+        self.nfe += 1
+        if self.check_finite and not bool(torch.isfinite(out).all()):
+            tt = t.detach().cpu()
+            raise NonFiniteError(
+                f"the model returned NaN or Inf at network evaluation #{self.nfe} "
+                f"(t in [{float(tt.min()):.6g}, {float(tt.max()):.6g}])",
+                t=float(tt.max()),
+                call=self.nfe,
+            )
+        return Prediction(x=x, t=t, alpha=alpha, sigma=sigma, kind=kind, out=out)
+
+    @staticmethod
+    def _check_shape(out: Any, x: Tensor) -> None:
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(f"the network must return a tensor of x's shape {tuple(x.shape)}; got {got}")
+
+    def score(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
+        """Convenience: the score at (x, t) (one network call)."""
+        return self(x, t, **cond).score
+
+    def config(self) -> dict:
+        return {
+            "parameterization": self.parameterization,
+            "noise_input": self.noise_input,
+            "sigma_data": self.sigma_data,
+        }
+
+
+def _net_dtype(net: Any, default: torch.dtype) -> torch.dtype:
+    if isinstance(net, nn.Module):
+        for p in net.parameters():
+            if p.is_floating_point():
+                return p.dtype
+    return default
+
+
+def as_model(model: Any, sde: LinearSDE) -> ScoreModel:
+    """Lift a plain ``score_fn(x, t)`` to a :class:`ScoreModel`; pass a ScoreModel through.
+
+    A ScoreModel built for a different SDE object is accepted if its config matches (the
+    conversions depend on alpha and sigma); otherwise it is an error.
+    """
+    if isinstance(model, ScoreModel):
+        if model.sde is not sde and _sde_key(model.sde) != _sde_key(sde):
+            raise ValueError(
+                f"the ScoreModel was built for {model.sde!r} but sampling uses {sde!r}; "
+                "wrap the network with the SDE you sample with"
+            )
+        return model
+    if callable(model):
+        return ScoreModel(model, sde, "score")
+    raise TypeError(f"model must be a ScoreModel or a callable score_fn(x, t); got {type(model).__name__}")
+
+
+def _sde_key(sde: LinearSDE):
+    try:
+        return repr(sde.config())
+    except Exception:  # user-defined SDE: identity only
+        return id(sde)

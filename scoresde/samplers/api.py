@@ -1,0 +1,214 @@
+"""The front door: ``sample(model, sde, shape, sampler=NAME, steps=N, ...)``.
+
+Does all the shared work once (validation, the grid, x_T, per-sample noise, the model wrapper,
+capability checks, progress, trajectory, the final denoising step, NFE and timing) so that each
+sampler function holds only its paper's loop.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..model import NonFiniteError, ScoreModel, as_model
+from ..random import GeneratorNoise, PerSampleNoise, make_seeds
+from ..schedules import make_grid
+from ..sde import LinearSDE
+from . import registry
+
+__all__ = ["sample", "SampleResult"]
+
+
+@dataclass
+class SampleResult:
+    """What :func:`sample` returns."""
+
+    x: Tensor  # (B, *D) the samples
+    nfe: int  # network evaluations actually made (batch calls), final denoising included
+    ts: Tensor  # the float64 grid that was used
+    sampler: str
+    options: dict[str, Any]
+    wall_time: float  # seconds (device-synchronised)
+    seeds: Tensor | None = None  # per-sample seeds (None when a batch generator/noise was used)
+    trajectory: Tensor | None = None  # (steps + 1, B, *D) when asked for
+    extra: dict[str, Any] = field(default_factory=dict)  # sampler-specific statistics
+
+
+_FRONT_DOOR = (
+    "steps", "generator", "seeds", "noise", "schedule", "rho", "t_min", "T", "denoise", "x_T",
+    "return_trajectory", "progress", "device", "dtype", "cond",
+)
+
+
+def _model_device(model: Any) -> torch.device:
+    if isinstance(model, nn.Module):
+        for p in model.parameters():
+            return p.device
+    return torch.device("cpu")
+
+
+def sample(
+    model: ScoreModel | Callable[[Tensor, Tensor], Tensor],
+    sde: LinearSDE,
+    shape: Sequence[int],
+    sampler: str = "euler_maruyama",
+    steps: int | None = None,
+    *,
+    generator: torch.Generator | None = None,
+    seeds: Sequence[int] | Tensor | None = None,
+    noise: Any = None,
+    schedule: str | Sequence[float] | Tensor | None = None,
+    rho: float = 7.0,
+    t_min: float | None = None,
+    T: float | None = None,
+    denoise: bool = True,
+    x_T: Tensor | None = None,
+    return_trajectory: bool = False,
+    progress: bool = False,
+    device: torch.device | str | None = None,
+    dtype: torch.dtype = torch.float32,
+    cond: dict[str, Any] | None = None,
+    **options: Any,
+) -> SampleResult:
+    """Draw samples by integrating the reverse process of ``sde`` with a registered sampler.
+
+    Args:
+        model: a :class:`ScoreModel` or a plain ``score_fn(x, t)`` (lifted to one).
+        sde: the linear SDE.
+        shape: (B, *D), the batch of samples to draw.
+        sampler: a registered name (``scoresde.samplers.available()``).
+        steps: number of time intervals of the grid (NFE per step is the sampler's; see docs).
+            Default: the sampler's paper default.
+        generator: draws the per-sample seeds (sample i is the same for any batch size).
+        seeds: explicit per-sample integer seeds (overrides ``generator``).
+        noise: a custom noise source ``noise(like) -> standard normal``; with it, x_T and all
+            noise come from it and the per-sample guarantee is the source's own. A
+            ``torch.Generator`` here means one batch-wide stream (fastest, batch-dependent).
+        schedule: ``uniform``, ``karras``, ``logsnr``, ``quadratic`` or explicit decreasing
+            times; default: the sampler's.
+        rho: Karras schedule exponent.
+        t_min, T: the end points of the grid (default: the SDE's).
+        denoise: finish with one Tweedie step x <- x0(x, t_min) (one more NFE).
+        x_T: the starting state instead of a draw from the prior.
+        return_trajectory: keep x after every step.
+        progress: show a progress bar.
+        device, dtype: of the samples (default: the model's device, float32).
+        cond: keyword arguments passed to every network call (e.g. ``{"y": labels}``).
+        **options: the sampler's own options (see ``registry.get(name).options``).
+    """
+    spec = registry.get(sampler)
+    unknown = sorted(set(options) - set(spec.options))
+    if unknown:
+        valid = sorted(set(spec.options) | set(_FRONT_DOOR))
+        raise TypeError(
+            f"unknown option(s) {', '.join(map(repr, unknown))} for sampler {sampler!r}; valid options: "
+            f"{', '.join(valid)}"
+        )
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"sde must be a scoresde LinearSDE (VPSDE, SubVPSDE, VESDE, EDMSDE, ...); got {type(sde).__name__}")
+    spec.check_sde(sde)
+    shape = tuple(int(s) for s in shape)
+    if len(shape) < 2 or any(s < 1 for s in shape):
+        raise ValueError(f"shape must be (B, *D) with positive sizes and at least one data dim; got {shape}")
+    score_model = as_model(model, sde)
+    if device is None:
+        device = x_T.device if x_T is not None else _model_device(score_model)
+    device = torch.device(device)
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating-point dtype; got {dtype}")
+
+    steps = spec.default_steps if steps is None else steps
+    ts = make_grid(sde, steps, spec.default_schedule if schedule is None else schedule,
+                   rho=rho, t_min=t_min, T=T, device=device)
+
+    # Noise: one seed per sample by default.
+    used_seeds = None
+    if noise is None:
+        used_seeds = make_seeds(shape[0], generator=generator, seeds=seeds, device=device)
+        noise_src = PerSampleNoise(used_seeds)
+    elif isinstance(noise, torch.Generator):
+        noise_src = GeneratorNoise(noise)
+    elif callable(noise):
+        noise_src = noise
+    else:
+        raise TypeError("noise must be None, a torch.Generator or a callable noise(like) -> Tensor")
+
+    like = torch.empty(shape, device=device, dtype=dtype)
+    if x_T is None:
+        x = noise_src(like) * sde.prior_std()
+    else:
+        if tuple(x_T.shape) != shape:
+            raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
+        x = x_T.to(device=device, dtype=dtype)
+
+    cond = dict(cond or {})
+
+    def bound(xx: Tensor, t: Tensor | float):
+        return score_model(xx, t, **cond)
+
+    traj: list[Tensor] = [x.clone()] if return_trajectory else []
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(ts) - 1, desc=sampler, leave=False)
+
+    def callback(i: int, xi: Tensor) -> None:
+        if return_trajectory:
+            traj.append(xi.clone())
+        if bar is not None:
+            bar.update(1)
+
+    nfe0 = score_model.nfe
+    _sync(device)
+    t0 = time.perf_counter()
+    extra: dict[str, Any] = {}
+    try:
+        out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **options)
+        if isinstance(out, tuple):
+            x, extra = out
+        else:
+            x = out
+        if denoise:
+            x = bound(x, ts[-1]).x0
+    except NonFiniteError as err:
+        raise _locate(err, ts, sampler) from None
+    finally:
+        if bar is not None:
+            bar.close()
+    _sync(device)
+    wall = time.perf_counter() - t0
+    if not bool(torch.isfinite(x).all()):
+        raise NonFiniteError(f"sampler {sampler!r} produced NaN or Inf samples (the model outputs were finite)")
+    return SampleResult(
+        x=x,
+        nfe=score_model.nfe - nfe0,
+        ts=ts,
+        sampler=sampler,
+        options={**{k: v for k, v in spec.options.items()}, **options},
+        wall_time=wall,
+        seeds=used_seeds,
+        trajectory=torch.stack(traj) if return_trajectory else None,
+        extra=extra,
+    )
+
+
+def _locate(err: NonFiniteError, ts: Tensor, sampler: str) -> NonFiniteError:
+    """Add the step of the grid at which a non-finite model output appeared."""
+    msg = str(err)
+    if err.t is not None:
+        tc = ts.detach().cpu()
+        n = len(tc) - 1
+        i = int(torch.searchsorted(-tc, torch.tensor(-err.t, dtype=tc.dtype), right=True).clamp(1, n)) - 1
+        msg = f"{msg}; sampler {sampler!r} at step {i} of {n} (t_cur={float(tc[i]):.6g} -> t_next={float(tc[i + 1]):.6g})"
+    new = NonFiniteError(msg, t=err.t, call=err.call)
+    return new
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

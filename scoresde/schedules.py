@@ -1,0 +1,90 @@
+"""Time grids for samplers: ``steps`` intervals, ``steps + 1`` times from T down to t_min.
+
+* ``uniform``: uniform in t (Song et al. 2021).
+* ``karras``: uniform in sigma~^(1/rho), sigma~ = sigma/alpha (Karras et al. 2022, Eq. 5; rho = 7).
+* ``logsnr``: uniform in lambda = log(alpha/sigma) (Lu et al. 2022, "logSNR").
+* ``quadratic``: uniform in sqrt(t) (DDIM's quadratic skip).
+* explicit: a decreasing 1-D sequence of times in [t_min, T].
+
+All grids are float64 and are checked: strictly decreasing (no zero-length step), inside [t_min, T].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from ._utils import as_time
+from .sde import LinearSDE
+
+__all__ = ["make_grid", "SCHEDULES"]
+
+SCHEDULES = ("uniform", "karras", "logsnr", "quadratic")
+
+
+def make_grid(
+    sde: LinearSDE,
+    steps: int | None,
+    schedule: str | Any = "uniform",
+    *,
+    rho: float = 7.0,
+    t_min: float | None = None,
+    T: float | None = None,
+    device: torch.device | str | None = None,
+) -> Tensor:
+    """Return the (steps + 1,) float64 grid from T to t_min (or the explicit grid, checked)."""
+    t_lo = sde.t_min if t_min is None else float(t_min)
+    t_hi = sde.T if T is None else float(T)
+    if not isinstance(schedule, str):
+        ts = as_time(schedule, device=device).flatten()
+        if ts.ndim != 1 or ts.numel() < 2:
+            raise ValueError(f"an explicit schedule must be a 1-D sequence of at least 2 times; got shape {tuple(ts.shape)}")
+        if steps is not None and ts.numel() != steps + 1:
+            raise ValueError(f"explicit schedule has {ts.numel()} times but steps={steps} needs {steps + 1}")
+        _check_grid(sde, ts, "schedule")
+        return ts
+    if schedule not in SCHEDULES:
+        raise ValueError(
+            f"schedule={schedule!r} is not one of the accepted values: {', '.join(map(repr, SCHEDULES))}, "
+            "or an explicit decreasing sequence of times"
+        )
+    if steps is None or int(steps) != steps or steps < 1:
+        raise ValueError(f"steps must be a positive integer (the number of time intervals); got {steps!r}")
+    if not sde.t_min - 1e-12 <= t_lo < t_hi <= sde.T + 1e-12:
+        raise ValueError(f"need {sde.t_min} <= t_min < T <= {sde.T}; got t_min={t_lo}, T={t_hi}")
+    steps = int(steps)
+    u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
+    if schedule == "uniform":
+        ts = t_hi + u * (t_lo - t_hi)
+    elif schedule == "quadratic":
+        ts = (t_hi**0.5 + u * (t_lo**0.5 - t_hi**0.5)) ** 2
+    elif schedule == "logsnr":
+        lam_hi, lam_lo = sde.lam(as_time(t_hi)), sde.lam(as_time(t_lo))
+        ts = sde.inverse_lambda(lam_hi + u * (lam_lo - lam_hi))
+    else:  # karras
+        if not rho > 0:
+            raise ValueError(f"rho must be positive; got {rho}")
+        s_max = float(sde.sigma_tilde(as_time(t_hi)))
+        s_min = float(sde.sigma_tilde(as_time(t_lo)))
+        sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+        ts = sde.t_from_sigma_tilde(sig)
+    ts[0], ts[-1] = t_hi, t_lo  # exact endpoints (inverse maps are exact to round-off only)
+    ts = ts.to(device)
+    _check_grid(sde, ts, f"the {schedule!r} grid with steps={steps}")
+    return ts
+
+
+def _check_grid(sde: LinearSDE, ts: Tensor, what: str) -> None:
+    tc = ts.detach().cpu()
+    if not bool(torch.isfinite(tc).all()):
+        raise ValueError(f"{what} contains NaN or Inf")
+    d = tc[1:] - tc[:-1]
+    if bool((d >= 0).any()):
+        i = int(torch.nonzero(d >= 0)[0])
+        raise ValueError(
+            f"{what} must be strictly decreasing (no zero-length or backward step); "
+            f"t[{i}]={float(tc[i]):.17g}, t[{i + 1}]={float(tc[i + 1]):.17g}"
+        )
+    sde.check_t(tc, name=what)
