@@ -3,7 +3,8 @@
 ``available()`` lists the registered names; ``register`` adds one (usable by name everywhere).
 """
 
-from . import pc  # noqa: F401  (registers the samplers of each family)
+# Importing each family registers its samplers.
+from . import adaptive, exponential, karras, langevin, ode, pc  # noqa: F401
 from .api import SampleResult, sample
 from .registry import SamplerSpec, available, get, register, register_sampler, specs
 

@@ -1,0 +1,1 @@
+"""Samplers: adaptive family (being written)."""

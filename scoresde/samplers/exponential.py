@@ -1,0 +1,1 @@
+"""Samplers: exponential family (being written)."""

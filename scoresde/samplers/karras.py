@@ -1,0 +1,1 @@
+"""Samplers: karras family (being written)."""

@@ -1,0 +1,1 @@
+"""Samplers: langevin family (being written)."""

@@ -1,0 +1,1 @@
+"""Samplers: ode family (being written)."""
