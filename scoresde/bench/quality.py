@@ -1,0 +1,165 @@
+"""Quality metrics of a cell and their noise floors.
+
+Every metric is a distance ``d(samples, R)`` to a fixed reference set R of the same size n (exact
+samples of a mixture, or held-out data), the same R for every sampler of a (problem, n, seed).
+Its **noise floor** is the same distance for independent exact (or held-out) sets F_r of size n:
+``d(F_r, R)`` for r < repeats. A perfect sampler scores at the floor, not at zero. As in
+:func:`scoresde.metrics.compare`, the floor level is the root mean square of the repeats
+(close to their mean for biased estimators such as SW2 and FD; their spread for the unbiased
+MMD^2 and energy estimates, whose mean is ~0), and ``ratio = value / floor``.
+
+Metric implementations live in :mod:`scoresde.metrics`; this module only binds and calls them.
+A metric that cannot be computed (a module not available) is skipped with a message naming it.
+
+==========  =====================================================================================
+name        what
+==========  =====================================================================================
+sw2         sliced Wasserstein-2 (``metrics.sliced_wasserstein``, 256 directions, seed 0)
+mmd         unbiased MMD^2, RBF kernel (``metrics.mmd``); its bandwidth is fixed once per
+            (problem, n, seed) by the median heuristic on (R, F_0), so the kernel does not
+            depend on the samples being judged
+energy      unbiased squared energy distance (``metrics.energy_distance``)
+mode_err    total variation between sample and true mode weights (``metrics.mode_weight_error``;
+            mixtures only; it compares with the exact weights, not with R)
+logp_gap    ``|mean log p(samples) - mean log p(R)|`` under the exact mixture density
+            (``metrics.mean_log_likelihood``); the raw mean is recorded as ``logp``
+fd          Frechet distance of the digits classifier's features (``metrics.frechet_digits_distance``)
+==========  =====================================================================================
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import Tensor
+
+from .problems import Problem
+
+__all__ = ["METRICS", "Judge", "judge_for", "available_metrics"]
+
+METRICS = ("sw2", "mmd", "energy", "mode_err", "logp_gap", "fd")
+_WARNED: set[tuple[str, str]] = set()
+
+
+def _resolve(name: str, problem: Problem) -> Callable[..., Any] | str:
+    """The metric's implementation, or the reason it cannot be computed."""
+    from .. import metrics
+
+    attr = {"sw2": "sliced_wasserstein", "mmd": "mmd", "energy": "energy_distance", "mode_err": "mode_weight_error",
+            "logp_gap": "mean_log_likelihood", "fd": "frechet_digits_distance"}.get(name)
+    if attr is None:
+        raise ValueError(f"metric {name!r} is not one of the accepted values: {', '.join(METRICS)}")
+    if name in ("mode_err", "logp_gap") and problem.mixture is None:
+        return f"{name} needs an exact mixture"
+    if name == "fd":
+        try:
+            from .. import features  # noqa: F401  (the digits classifier)
+        except ImportError as err:
+            return f"fd needs scoresde.features ({err})"
+    fn = getattr(metrics, attr, None)
+    return fn if callable(fn) else f"scoresde.metrics.{attr} is not available"
+
+
+def available_metrics(problem: Problem, names: list[str] | tuple[str, ...] | None = None) -> dict[str, Callable]:
+    """Implementations of the metrics ``names`` (default: all the problem offers) that can be
+    computed now; each one that cannot is reported once with the reason."""
+    names = list(problem.metrics if names is None else names)
+    for n in names:
+        if n not in METRICS:
+            raise ValueError(f"metric {n!r} is not one of the accepted values: {', '.join(METRICS)}")
+    out = {}
+    for n in names:
+        if n not in problem.metrics:
+            continue  # e.g. mode_err on a checkpoint
+        fn = _resolve(n, problem)
+        if isinstance(fn, str):
+            if (n, problem.name) not in _WARNED:
+                _WARNED.add((n, problem.name))
+                warnings.warn(f"metric {n!r} skipped on {problem.name}: {fn}", stacklevel=2)
+            continue
+        out[n] = fn
+    return out
+
+
+def _as_float(v: Any) -> float:
+    return float(v.detach().cpu()) if isinstance(v, Tensor) else float(v)
+
+
+@dataclass
+class Judge:
+    """The metrics of one (problem, n, seed), bound to its reference set, with their floors."""
+
+    problem: str
+    n: int
+    seed: int
+    ref: Tensor  # (n, *D) float64, data space
+    fns: dict[str, Callable[[Tensor], float]]  # d(x) = distance of x to ref
+    floors: dict[str, dict[str, float]] = field(default_factory=dict)  # name -> rms, mean, std
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __call__(self, x: Tensor) -> dict[str, float]:
+        """Every metric of the samples x (data space) and its floor and ratio, flat."""
+        x = x.detach().to("cpu", torch.float64)
+        out: dict[str, float] = {}
+        for k, fn in self.fns.items():
+            v = fn(x)
+            fl = self.floors[k]
+            out[k] = v
+            out[f"{k}_floor"] = fl["rms"]
+            out[f"{k}_floor_mean"] = fl["mean"]
+            out[f"{k}_floor_std"] = fl["std"]
+            out[f"{k}_ratio"] = v / fl["rms"] if fl["rms"] > 0 else float("nan")
+        if "logp_gap" in self.fns:
+            out["logp"] = self.info["logp_of"](x)
+            out["logp_ref"] = self.info["logp_ref"]
+        return out
+
+
+def _bind(name: str, impl: Callable[..., Any], problem: Problem, ref: Tensor, first_floor: Tensor) -> tuple[Callable, dict]:
+    info: dict[str, Any] = {}
+    if name == "mmd":
+        from ..metrics import median_bandwidth
+
+        h = median_bandwidth(ref, first_floor)
+        info["mmd_bandwidth"] = h
+        return (lambda x: _as_float(impl(x, ref, bandwidth=h))), info
+    if name == "mode_err":
+        gm = problem.mixture
+        return (lambda x: _as_float(impl(x, gm))), info
+    if name == "logp_gap":
+        gm = problem.mixture
+        lref = _as_float(impl(ref, gm))
+        info.update(logp_ref=lref, logp_of=lambda x: _as_float(impl(x, gm)))
+        return (lambda x: abs(_as_float(impl(x, gm)) - lref)), info
+    return (lambda x: _as_float(impl(x, ref))), info
+
+
+_CACHE: dict[tuple, Judge] = {}
+
+
+def judge_for(problem: Problem, impls: dict[str, Callable], n: int, seed: int, repeats: int) -> Judge:
+    """The :class:`Judge` of (problem, n, seed) with floors over ``repeats`` independent sets.
+
+    Deterministic in its arguments; cached for the life of the process."""
+    key = (problem.name, n, seed, repeats, tuple(sorted(impls)))
+    if key in _CACHE:
+        return _CACHE[key]
+    ref = problem.reference(n, seed).to(torch.float64)
+    floor_sets = [problem.floor_set(n, seed, r).to(torch.float64) for r in range(repeats)]
+    fns, info = {}, {}
+    for name, impl in impls.items():
+        fns[name], extra = _bind(name, impl, problem, ref, floor_sets[0])
+        info.update(extra)
+    judge = Judge(problem.name, n, seed, ref, fns, info=info)
+    for name, fn in fns.items():
+        vals = [fn(f) for f in floor_sets]
+        mean = sum(vals) / len(vals)
+        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
+        rms = math.sqrt(sum(v * v for v in vals) / len(vals))
+        judge.floors[name] = {"rms": rms, "mean": mean, "std": std}
+    _CACHE[key] = judge
+    return judge
