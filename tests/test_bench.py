@@ -226,3 +226,26 @@ def test_errors_name_the_argument(tmp_path):
         parse_entries("pc(snr=0.1")
     assert parse_entries("pc(corrector=langevin,snr=0.16),ode(method=euler)") == [
         Entry("pc", {"corrector": "langevin", "snr": 0.16}), Entry("ode", {"method": "euler"})]
+
+
+def test_checkpoint_problem_compares_with_its_training_data(tmp_path):
+    from scoresde.data import load_dataset
+    from scoresde.nets import build_net
+    from scoresde.train import TrainConfig, Trainer
+
+    ds = load_dataset("gmm", n=400, seed=0)
+    model = scoresde.ScoreModel(build_net("mlp", dim=2, hidden=16, depth=1), scoresde.VPSDE(), "eps")
+    cfg = TrainConfig(steps=3, batch_size=64, ckpt_every=0, progress=False, verbose=False, device="cpu")
+    Trainer(model, ds, cfg, out=str(tmp_path / "run"), net_name="mlp").fit()
+    name = f"ckpt:{tmp_path / 'run'}"
+    problem = get_problem(name)
+    assert problem.metrics == ("sw2", "mmd", "energy", "mode_err", "logp_gap")  # the toy set's exact law is known
+    ref, fl = problem.reference(150, 0), problem.floor_set(150, 0, 1)
+    pool = {tuple(v) for v in ds.x.double().tolist()}
+    rows_ref, rows_fl = {tuple(v) for v in ref.tolist()}, {tuple(v) for v in fl.tolist()}
+    assert rows_ref <= pool and rows_fl <= pool and not rows_ref & rows_fl  # data points; floor disjoint from ref
+    with pytest.raises(ValueError, match="needs 2n=402 data points"):
+        problem.reference(201, 0)
+    rec = run_sweep(_sweep(problems=[name], steps=[3], n=150), str(tmp_path / "out"), progress=False,
+                    report=False)["records"][0]
+    assert rec["status"] == "ok" and rec["problem"] == name and rec["sw2"] > 0

@@ -114,61 +114,65 @@ def _mixture_problem(name: str) -> Problem:
 
 
 def _checkpoint_problem(name: str) -> Problem:
+    """A trained model: its samples are compared with its own training set (in model space).
+
+    The data set is rebuilt from the checkpoint's config (``scoresde.data.dataset_from_config``).
+    For seed s it is permuted once; the first n points are the reference and n-subsets of
+    the rest are the floor sets (random subsets of it, which overlap when the rest is
+    small), so n may be at most half the data set. Images get the Frechet
+    digits distance (8x8 digits: model space is the classifier's [-1, 1]); a data set with an
+    exact Gaussian-mixture law (toy mixtures) also gets the mixture metrics."""
     path = name[len("ckpt:"):]
     if not os.path.exists(path):
         raise FileNotFoundError(f"problem {name!r}: checkpoint folder {path!r} does not exist")
-    try:
-        from ..checkpoint import load_model
-    except ImportError as err:
-        raise ValueError(f"problem {name!r} needs scoresde.checkpoint.load_model, which is not available: {err}") from None
-    model, sde, scaler = load_model(path)
-    data = _checkpoint_data(path, scaler)  # (N, *shape) held-out data in the model's (scaled) space
+    from ..checkpoint import load_checkpoint
+    from ..data import dataset_from_config
+
+    ck = load_checkpoint(path)
+    if ck.config.get("data") is None:
+        raise ValueError(f"problem {name!r}: the checkpoint records no data set (trained on a plain tensor), so "
+                         "there is nothing to compare its samples with")
+    ds = dataset_from_config(ck.config["data"])
+    data = ds.x.to(torch.float64)
     shape = tuple(data.shape[1:])
+    if ds.exact is not None:
+        metrics: tuple[str, ...] = ("sw2", "mmd", "energy", "mode_err", "logp_gap")
+    elif shape == (1, 8, 8):
+        metrics = ("sw2", "fd")
+    else:
+        metrics = ("sw2", "mmd", "energy")
+    model = ck.model
 
-    metrics = ("sw2", "fd") if shape == (1, 8, 8) or len(shape) == 3 else ("sw2",)
-
-    def make_model(device):
-        return model.to(device)
-
-    # The data set is split into [reference | floor set]; seeds permute it (fixed per seed).
-    def perm(seed):
+    def perm(seed: int) -> Tensor:
         return torch.randperm(data.shape[0], generator=_gen(_REF + seed))
+
+    def reference(n: int, seed: int) -> Tensor:
+        _check_pool(name, data.shape[0], n)
+        return data[perm(seed)[:n]]
+
+    def floor_set(n: int, seed: int, r: int) -> Tensor:
+        _check_pool(name, data.shape[0], n)
+        rest = perm(seed)[n:]  # disjoint from the reference; repeats are random subsets of it
+        return data[rest[torch.randperm(rest.numel(), generator=_gen(_FLOOR + 1000 * seed + r))[:n]]]
 
     return Problem(
         name=name,
-        sde=sde,
+        sde=ck.sde,
         shape=shape,
-        make_model=make_model,
-        reference=lambda n, seed: data[perm(seed)[:n]].to(torch.float64),
-        floor_set=lambda n, seed, r: _floor_subset(data, perm(seed), n, r, name),
+        make_model=lambda device: model.to(device),
+        reference=reference,
+        floor_set=floor_set,
+        mixture=ds.exact,
         metrics=metrics,
-        info={"kind": "checkpoint", "path": path, "shape": list(shape), "sde": type(sde).__name__, "scaler": repr(scaler)},
+        info={"kind": "checkpoint", "path": str(ck.path), "data": ck.config["data"], "shape": list(shape),
+              "sde": type(ck.sde).__name__, "step": ck.state.get("step")},
     )
 
 
-def _floor_subset(data: Tensor, p: Tensor, n: int, r: int, name: str) -> Tensor:
-    # Disjoint from the reference (the first n of the permutation); repeats rotate the rest.
-    rest = p[n:]
-    if rest.numel() < n:
-        raise ValueError(
-            f"problem {name!r}: the floor set needs n={n} held-out points beyond the reference; only "
-            f"{rest.numel()} are left of {data.shape[0]} (use --n <= {data.shape[0] // 2})"
-        )
-    shift = (r * (rest.numel() - n)) // 3 if rest.numel() > n else 0
-    return data[rest[shift:shift + n]].to(torch.float64)
-
-
-def _checkpoint_data(path: str, scaler: Any) -> Tensor:
-    """Held-out data for a checkpoint, in the model's space (the checkpoint's config names it)."""
-    try:
-        from ..data import heldout_for_checkpoint  # type: ignore[attr-defined]
-    except ImportError:
-        heldout_for_checkpoint = None
-    if heldout_for_checkpoint is not None:
-        return heldout_for_checkpoint(path)
-    raise ValueError(
-        f"checkpoint {path!r}: cannot find its held-out data (scoresde.data has no heldout_for_checkpoint yet)"
-    )
+def _check_pool(name: str, size: int, n: int) -> None:
+    if 2 * n > size:
+        raise ValueError(f"problem {name!r}: n={n} needs 2n={2 * n} data points (a reference and disjoint floor sets); "
+                         f"the data set has {size} (use n <= {size // 2})")
 
 
 def get_problem(name: str) -> Problem:
