@@ -1,1 +1,352 @@
-"""Samplers: exponential family (being written)."""
+"""Exponential integrators in lambda = log(alpha / sigma) with the data prediction x0.
+
+DDIM (Song, Meng & Ermon 2021), DPM-Solver++(2M), (3M) and (2M) SDE (Lu et al. 2022b) and UniPC
+(Zhao et al. 2023). All work for any linear SDE: they need only alpha, sigma and lambda on the
+grid. The linear part of the probability-flow ODE is integrated exactly,
+
+    x_t = (sigma_t / sigma_s) x_s + alpha_t int_{lam_s}^{lam_t} e^{-(lam_t - u)} x0(u) du,
+
+and the integral is approximated from past data predictions. With ``h = lam_t - lam_s > 0`` the
+weights are ``alpha_t h phi_k(-h)`` with ``phi_k(z) = sum_j z^j / (j + k)!`` (:func:`phi`). Because
+the x0-integral of a constant is exact, every method here reproduces the probability-flow solution
+of a point mass to round-off at any step count.
+
+Per-step coefficients are computed in float64 from the grid before the loop; ``ddim``,
+``dpmpp_2m``, ``dpmpp_3m`` and ``dpmpp_2m_sde`` also publish them as a checked
+:class:`~scoresde.samplers.tables.CoefficientTable` (``coefficients=`` in the registry).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._utils import check_choice
+from ..sde import LinearSDE
+from .registry import register
+from .tables import CoefficientTable, make_table
+
+__all__ = ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "phi", "SOLVER_TYPES", "UNIPC_VARIANTS"]
+
+SOLVER_TYPES = ("dpmsolver", "taylor")
+UNIPC_VARIANTS = ("bh1", "bh2")
+UNIPC_ORDERS = (1, 2, 3)
+
+
+# ---------------------------------------------------------------------------------- shared helpers
+def phi(k: int, z: Tensor) -> Tensor:
+    """phi_k(z) = sum_{j>=0} z^j / (j + k)!  (phi_1(z) = (e^z - 1)/z, phi_{k+1} = (phi_k - 1/k!)/z).
+
+    float64; the recurrence loses ~eps/|z|^k for small |z|, so |z| < 0.5 uses the series (20
+    terms: truncation below 0.5^20/20! ~ 4e-25).
+    """
+    z = z.to(torch.float64)
+    closed = torch.expm1(z) / z
+    for j in range(1, k):
+        closed = (closed - 1.0 / math.factorial(j)) / z
+    series = torch.zeros_like(z)
+    for j in reversed(range(20)):
+        series = series * z + 1.0 / math.factorial(j + k)
+    return torch.where(z.abs() < 0.5, series, closed)
+
+
+def _grid(sde: LinearSDE, ts: Tensor, name: str) -> tuple[Tensor, Tensor, Tensor]:
+    """alpha and sigma on the grid and the lambda step sizes h (all > 0), float64."""
+    alpha, sigma, lam = sde.alpha(ts), sde.sigma(ts), sde.lam(ts)
+    h = lam[1:] - lam[:-1]
+    bad = ~(torch.isfinite(h) & (h > 0))
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        raise ValueError(
+            f"sampler {name!r} needs lambda = log(alpha/sigma) strictly increasing along the grid; step {i} "
+            f"(t={float(ts[i]):.17g} -> {float(ts[i + 1]):.17g}) has h = {float(h[i]):.3g}"
+        )
+    return alpha, sigma, h
+
+
+def _orders(steps: int, order: int, lower_order_final: bool) -> list[int]:
+    """Order of each multistep step: warm up from 1; with ``lower_order_final`` the last steps
+    drop to 1, 2, ... (Lu et al. 2022b use this only below 10 steps; we use it at any count)."""
+    return [min(order, i + 1, steps - i if lower_order_final else order) for i in range(steps)]
+
+
+def _ratios(h: Tensor, lag: int) -> Tensor:
+    """r[i] = h[i - lag] / h[i] (1 where undefined; never used there)."""
+    r = torch.ones_like(h)
+    r[lag:] = h[:-lag] / h[lag:]
+    return r
+
+
+def _check_bool(name: str, value, sampler: str) -> None:
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}={value!r} is not one of the accepted values for sampler {sampler!r}: True, False")
+
+
+def _check_eta(eta, hi: float | None, sampler: str) -> float:
+    ok = isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta) and eta >= 0
+    if not ok or (hi is not None and eta > hi):
+        rng = f"0 <= eta <= {hi:g}" if hi is not None else "eta >= 0 (finite)"
+        raise ValueError(f"eta={eta!r} is out of range for sampler {sampler!r}: accepted values are {rng}")
+    return float(eta)
+
+
+def _cast(x: Tensor, *vs: Tensor) -> list[Tensor]:
+    return [v.to(device=x.device, dtype=x.dtype) for v in vs]
+
+
+# ---------------------------------------------------------------------------------- DDIM
+def _ddim_scales(sigma: Tensor, h: Tensor, eta: float) -> tuple[Tensor, Tensor]:
+    """(k_eps, sigma_eta): x_next = alpha_next x0 + k_eps eps + sigma_eta z.
+
+    sigma_eta = eta sigma_next sqrt(1 - e^{-2h}) is DDIM's eta * sqrt((1-a_s^2)/(1-a_t^2)) sqrt(1-a_t^2/a_s^2)
+    (VP, s the next time) written in lambda, so it holds for any linear SDE.
+    """
+    frac = eta**2 * -torch.expm1(-2.0 * h)  # sigma_eta^2 / sigma_next^2
+    return sigma[1:] * torch.sqrt(1.0 - frac), sigma[1:] * torch.sqrt(frac)
+
+
+def ddim_coefficients(sde: LinearSDE, ts: Tensor, *, eta: float = 0.0) -> CoefficientTable:
+    """DDIM as a table: a = k_eps/sigma, b = alpha_next - a alpha, c = sigma_eta (eps = (x - alpha x0)/sigma)."""
+    eta = _check_eta(eta, 1.0, "ddim")
+    alpha, sigma, h = _grid(sde, ts, "ddim")
+    k_eps, sig_eta = _ddim_scales(sigma, h, eta)
+    a = k_eps / sigma[:-1]
+    # b = alpha_next (1 - e^{-h} sqrt(1 - frac)), written without cancellation.
+    root = k_eps / sigma[1:]
+    b = alpha[1:] * (-torch.expm1(-h) + torch.exp(-h) * (1.0 - root**2) / (1.0 + root))
+    return make_table("ddim", sde, ts, a, b, sig_eta if eta > 0 else None)
+
+
+@register("ddim", kind="ode", order=1, stochastic=False, nfe_per_step="1", default_steps=50,
+          default_schedule="uniform", exact_for_point_mass=True, needs=("lam",), coefficients=ddim_coefficients,
+          paper="Song, Meng & Ermon 2021 (DDIM), Eq. 12")
+def ddim(model, sde: LinearSDE, x, ts, *, noise, callback, eta: float = 0.0):
+    """DDIM (Song, Meng & Ermon 2021, Eq. 12); order 1, 1 NFE per step; eta=0 is DPM-Solver-1, eta=1 is DDPM's posterior."""
+    eta = _check_eta(eta, 1.0, "ddim")
+    alpha, sigma, h = _grid(sde, ts, "ddim")
+    alpha, k_eps, sig_eta = _cast(x, alpha, *_ddim_scales(sigma, h, eta))
+    for i in range(len(ts) - 1):
+        pred = model(x, ts[i])
+        # Predicted x0, direction pointing to x_t, and (eta > 0) fresh noise.
+        x = alpha[i + 1] * pred.x0 + k_eps[i] * pred.eps
+        if eta > 0:
+            x = x + sig_eta[i] * noise(x)
+        callback(i, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------- DPM-Solver++
+def _dpmpp_weights(alpha_next: Tensor, h: Tensor, solver_type: str) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(w1, w2_2m, w2, w3): weights of x0, of the 2M difference, and of the 3M D1 and D2 terms.
+
+    w1 = alpha h phi_1(-h) [= -alpha (e^{-h} - 1)], w2 = alpha h phi_2(-h), w3 = alpha h phi_3(-h);
+    the 2M difference uses w1/2 ('dpmsolver') or w2 ('taylor'), Lu et al. 2022b, Alg. 2 / App.
+    """
+    w1, w2, w3 = (alpha_next * h * phi(k, -h) for k in (1, 2, 3))
+    return w1, (0.5 * w1 if solver_type == "dpmsolver" else w2), w2, w3
+
+
+def _check_dpmpp(sampler: str, solver_type, lower_order_final) -> None:
+    check_choice("solver_type", solver_type, SOLVER_TYPES)
+    _check_bool("lower_order_final", lower_order_final, sampler)
+
+
+def _two_step_table(name, sde, ts, a, w1, w2m, r, orders, c=None) -> CoefficientTable:
+    """Expand x_next = a x + w1 x0_i + w2m (x0_i - x0_{i-1}) / r (on 2nd-order steps) into b."""
+    second = torch.tensor([o == 2 for o in orders], dtype=torch.float64, device=a.device)
+    d = second * w2m / r
+    b = torch.stack([w1 + d, -d], dim=1)
+    return make_table(name, sde, ts, a, b, c)
+
+
+def dpmpp_2m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
+                          lower_order_final: bool = True) -> CoefficientTable:
+    """DPM-Solver++(2M) as a table (see :func:`dpmpp_2m`)."""
+    _check_dpmpp("dpmpp_2m", solver_type, lower_order_final)
+    alpha, sigma, h = _grid(sde, ts, "dpmpp_2m")
+    w1, w2m, _, _ = _dpmpp_weights(alpha[1:], h, solver_type)
+    orders = _orders(len(h), 2, lower_order_final)
+    return _two_step_table("dpmpp_2m", sde, ts, sigma[1:] / sigma[:-1], w1, w2m, _ratios(h, 1), orders)
+
+
+@register("dpmpp_2m", kind="ode", order=2, stochastic=False, nfe_per_step="1", default_steps=20,
+          default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",), coefficients=dpmpp_2m_coefficients,
+          paper="Lu et al. 2022b (DPM-Solver++), Alg. 2")
+def dpmpp_2m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str = "dpmsolver",
+             lower_order_final: bool = True):
+    """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2); order 2, 1 NFE per step; 1st-order first (and, by default, last) step."""
+    _check_dpmpp("dpmpp_2m", solver_type, lower_order_final)
+    alpha, sigma, h = _grid(sde, ts, "dpmpp_2m")
+    orders = _orders(len(h), 2, lower_order_final)
+    w1, w2m, _, _ = _dpmpp_weights(alpha[1:], h, solver_type)
+    ratio, w1, w2m, r = _cast(x, sigma[1:] / sigma[:-1], w1, w2m, _ratios(h, 1))
+    x0_prev = None
+    for i in range(len(h)):
+        x0 = model(x, ts[i]).x0
+        # DPM-Solver-1 (= DDIM) step.
+        x_next = ratio[i] * x + w1[i] * x0
+        # 2nd-order multistep correction: backward difference of x0 in lambda.
+        if orders[i] == 2:
+            x_next = x_next + w2m[i] * (x0 - x0_prev) / r[i]
+        x, x0_prev = x_next, x0
+        callback(i, x)
+    return x
+
+
+def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
+                          lower_order_final: bool = True) -> CoefficientTable:
+    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`)."""
+    _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
+    alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
+    w1, w2m, w2, w3 = _dpmpp_weights(alpha[1:], h, solver_type)
+    r0, r1 = _ratios(h, 1), _ratios(h, 2)
+    b = torch.zeros(len(h), 3, dtype=torch.float64, device=h.device)
+    for i, p in enumerate(_orders(len(h), 3, lower_order_final)):
+        b[i, 0] = w1[i]
+        if p == 2:  # w2m (m0 - m1) / r0
+            b[i, 0] += w2m[i] / r0[i]
+            b[i, 1] -= w2m[i] / r0[i]
+        elif p == 3:  # w2 D1 + w3 D2 = e0 D1_0 + e1 D1_1, D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1
+            s = r0[i] + r1[i]
+            e0 = w2[i] * (1.0 + r0[i] / s) + w3[i] / s
+            e1 = -w2[i] * r0[i] / s - w3[i] / s
+            b[i, 0] += e0 / r0[i]
+            b[i, 1] += -e0 / r0[i] + e1 / r1[i]
+            b[i, 2] += -e1 / r1[i]
+    return make_table("dpmpp_3m", sde, ts, sigma[1:] / sigma[:-1], b)
+
+
+@register("dpmpp_3m", kind="ode", order=3, stochastic=False, nfe_per_step="1", default_steps=20,
+          default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",), coefficients=dpmpp_3m_coefficients,
+          paper="Lu et al. 2022b (DPM-Solver++), multistep order 3 (dpm_solver_pytorch.py)")
+def dpmpp_3m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str = "dpmsolver",
+             lower_order_final: bool = True):
+    """DPM-Solver++(3M) (Lu et al. 2022b, multistep order 3); order 3, 1 NFE per step; orders 1, 2 to start (and end)."""
+    _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
+    alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
+    orders = _orders(len(h), 3, lower_order_final)
+    r0, r1 = _ratios(h, 1), _ratios(h, 2)
+    weights = _dpmpp_weights(alpha[1:], h, solver_type)
+    ratio, w1, w2m, w2, w3, r0, r1 = _cast(x, sigma[1:] / sigma[:-1], *weights, r0, r1)
+    m: list[Tensor] = []  # data predictions, newest first
+    for i in range(len(h)):
+        m = [model(x, ts[i]).x0] + m[:2]
+        # DPM-Solver-1 step.
+        x_next = ratio[i] * x + w1[i] * m[0]
+        if orders[i] == 2:
+            # 2nd-order correction (as dpmpp_2m).
+            x_next = x_next + w2m[i] * (m[0] - m[1]) / r0[i]
+        elif orders[i] == 3:
+            # 3rd-order correction: first and second divided differences in lambda.
+            d0, d1 = (m[0] - m[1]) / r0[i], (m[1] - m[2]) / r1[i]
+            D1 = d0 + (d0 - d1) * r0[i] / (r0[i] + r1[i])
+            D2 = (d0 - d1) / (r0[i] + r1[i])
+            x_next = x_next + w2[i] * D1 + w3[i] * D2
+        x = x_next
+        callback(i, x)
+    return x
+
+
+def _sde_scales(sigma: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
+    """(a, c) of the SDE step: a = (sigma_t/sigma_s) e^{-h}, c = sigma_t sqrt(1 - e^{-2h})."""
+    return sigma[1:] / sigma[:-1] * torch.exp(-h), sigma[1:] * torch.sqrt(-torch.expm1(-2.0 * h))
+
+
+def dpmpp_2m_sde_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
+                              lower_order_final: bool = False) -> CoefficientTable:
+    """DPM-Solver++(2M) SDE as a table (see :func:`dpmpp_2m_sde`)."""
+    _check_dpmpp("dpmpp_2m_sde", solver_type, lower_order_final)
+    alpha, sigma, h = _grid(sde, ts, "dpmpp_2m_sde")
+    w1, w2m, _, _ = _dpmpp_weights(alpha[1:], 2.0 * h, solver_type)
+    a, c = _sde_scales(sigma, h)
+    orders = _orders(len(h), 2, lower_order_final)
+    return _two_step_table("dpmpp_2m_sde", sde, ts, a, w1, w2m, _ratios(h, 1), orders, c)
+
+
+@register("dpmpp_2m_sde", kind="sde", order=1, stochastic=True, nfe_per_step="1", default_steps=50,
+          default_schedule="logsnr", exact_for_point_mass=False, needs=("lam",),
+          coefficients=dpmpp_2m_sde_coefficients,
+          paper="Lu et al. 2022b (DPM-Solver++), SDE-DPM-Solver++(2M) ('sde-dpmsolver++')")
+def dpmpp_2m_sde(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str = "dpmsolver",
+                 lower_order_final: bool = False):
+    """SDE-DPM-Solver++(2M) (Lu et al. 2022b, App.); strong order 1 (additive noise), 1 NFE per step."""
+    _check_dpmpp("dpmpp_2m_sde", solver_type, lower_order_final)
+    alpha, sigma, h = _grid(sde, ts, "dpmpp_2m_sde")
+    orders = _orders(len(h), 2, lower_order_final)
+    # The reverse SDE in data prediction: the ODE weights at 2h, the state decays by e^{-h} more.
+    w1, w2m, _, _ = _dpmpp_weights(alpha[1:], 2.0 * h, solver_type)
+    a, c, w1, w2m, r = _cast(x, *_sde_scales(sigma, h), w1, w2m, _ratios(h, 1))
+    x0_prev = None
+    for i in range(len(h)):
+        x0 = model(x, ts[i]).x0
+        # 1st-order SDE step (exact for the linear part and the noise).
+        x_next = a[i] * x + w1[i] * x0
+        # 2nd-order multistep correction.
+        if orders[i] == 2:
+            x_next = x_next + w2m[i] * (x0 - x0_prev) / r[i]
+        x, x0_prev = x_next + c[i] * noise(x), x0
+        callback(i, x)
+    return x
+
+
+# ---------------------------------------------------------------------------------- UniPC
+def _unipc_rhos(h: Tensor, rks: Tensor, p: int, B: Tensor) -> tuple[Tensor, Tensor]:
+    """(rho_p, rho_c) of one UniPC step of order p (Zhao et al. 2023, Alg. 2/3, B(h) variant).
+
+    R rho = g with R_{jk} = r_k^{j-1} (r_p = 1) and g_j = hh phi_{j+1}(hh) j! / B(h), hh = -h.
+    Order-2 UniP uses rho_p = 1/2 and order-1 UniC rho_c = 1/2, as the reference code does.
+    """
+    hh = -h
+    g = torch.stack([hh * phi(j + 1, hh) * math.factorial(j) / B for j in range(1, p + 1)])
+    r = torch.cat([rks, torch.ones(1, dtype=torch.float64, device=h.device)])
+    R = torch.stack([r**j for j in range(p)])
+    half = torch.full((1,), 0.5, dtype=torch.float64, device=h.device)
+    rho_p = rks[:0] if p == 1 else half if p == 2 else torch.linalg.solve(R[:-1, :-1], g[:-1])
+    rho_c = half if p == 1 else torch.linalg.solve(R, g)
+    return rho_p, rho_c
+
+
+def _unipc_plan(sde, ts, order, variant, lower_order_final):
+    """Per-step float64 coefficients of UniPC, computed from the grid before the loop."""
+    alpha, sigma, h = _grid(sde, ts, "unipc")
+    lam = sde.lam(ts)
+    B = -h if variant == "bh1" else torch.expm1(-h)
+    orders = _orders(len(h), order, lower_order_final)
+    plan = []
+    for i, p in enumerate(orders):
+        rks = torch.stack([(lam[i - k] - lam[i]) / h[i] for k in range(1, p)]) if p > 1 else h[:0]
+        rho_p, rho_c = _unipc_rhos(h[i], rks, p, B[i])
+        plan.append((rks, rho_p, rho_c))
+    return alpha, sigma, h, B, plan
+
+
+@register("unipc", kind="ode", order=3, stochastic=False, nfe_per_step="1", default_steps=10,
+          default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",),
+          paper="Zhao et al. 2023 (UniPC), UniP-p + UniC-p, B(h) variants")
+def unipc(model, sde: LinearSDE, x, ts, *, noise, callback, order: int = 2, variant: str = "bh2",
+          lower_order_final: bool = True):
+    """UniPC (Zhao et al. 2023, UniP-p + UniC-p, data prediction); order p + 1 (3 at p = 2), 1 NFE per step."""
+    check_choice("order", order, UNIPC_ORDERS)
+    check_choice("variant", variant, UNIPC_VARIANTS)
+    _check_bool("lower_order_final", lower_order_final, "unipc")
+    alpha, sigma, h, B, plan = _unipc_plan(sde, ts, order, variant, lower_order_final)
+    ratio, w1, aB = _cast(x, sigma[1:] / sigma[:-1], alpha[1:] * h * phi(1, -h), alpha[1:] * B)
+    plan = [_cast(x, *step) for step in plan]
+    m = [model(x, ts[0]).x0]  # model values, newest first
+    for i, (rks, rho_p, rho_c) in enumerate(plan):
+        # UniP: DPM-Solver-1 step plus weighted differences of past model values.
+        x_base = ratio[i] * x + w1[i] * m[0]
+        D = [(m[k + 1] - m[0]) / rks[k] for k in range(len(rks))]
+        x_pred = x_base - aB[i] * sum((rho_p[k] * D[k] for k in range(len(rks))), torch.zeros_like(x))
+        if i == len(plan) - 1:  # no corrector on the last step (it would cost an extra NFE)
+            x = x_pred
+        else:
+            # UniC: the model value at the predicted point corrects x and is reused next step.
+            m_t = model(x_pred, ts[i + 1]).x0
+            corr = sum((rho_c[k] * D[k] for k in range(len(rks))), rho_c[-1] * (m_t - m[0]))
+            x = x_base - aB[i] * corr
+            m = [m_t] + m[: order - 1]
+        callback(i, x)
+    return x

@@ -1,1 +1,158 @@
-"""Samplers: karras family (being written)."""
+"""Karras et al. 2022 (EDM) samplers and k-diffusion's Euler ancestral, for any linear SDE.
+
+EDM writes the probability-flow ODE in the scaled variables ``x~ = x / alpha`` and
+``sigma~ = sigma / alpha = exp(-lambda)``, where it reads ``dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~``
+with ``D`` the data prediction x0. These variables exist for every linear SDE (``sde.sigma_tilde``,
+``sde.t_from_sigma_tilde``), so the samplers below convert ``x <-> x~`` at each step and call the
+model at ``(alpha x~, t(sigma~))``: on the EDM SDE (alpha = 1, sigma = t) they are EDM's own loops.
+
+For a point mass c the scaled trajectory is linear in sigma~ (``x~ - c`` is proportional to
+sigma~), so Euler and Heun steps in sigma~ are exact at any step count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from ..sde import LinearSDE
+from .registry import register
+from .tables import CoefficientTable, make_table
+
+__all__ = ["heun", "edm_sde", "euler_ancestral", "euler_ancestral_coefficients"]
+
+
+def _scaled_grid(sde: LinearSDE, ts: Tensor) -> tuple[Tensor, Tensor]:
+    """alpha and sigma~ on the grid (float64)."""
+    return sde.alpha(ts), sde.sigma_tilde(ts)
+
+
+def _check_number(name: str, value, sampler: str, *, lo: float = 0.0, allow_inf: bool = False) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= lo
+    ok = ok and (math.isfinite(value) or (allow_inf and value == math.inf))
+    if not ok:
+        rng = f"a number >= {lo:g}" + (" (inf allowed)" if allow_inf else " (finite)")
+        raise ValueError(f"{name}={value!r} is not accepted by sampler {sampler!r}: accepted values are {rng}")
+    return float(value)
+
+
+def _cast(x: Tensor, *vs: Tensor) -> list[Tensor]:
+    return [v.to(device=x.device, dtype=x.dtype) for v in vs]
+
+
+@register("heun", kind="ode", order=2, stochastic=False, nfe_per_step="2", default_steps=17,
+          default_schedule="karras", exact_for_point_mass=True, needs=("sigma_tilde",),
+          paper="Karras et al. 2022 (EDM), Alg. 1")
+def heun(model, sde: LinearSDE, x, ts, *, noise, callback):
+    """EDM deterministic sampler (Karras et al. 2022, Alg. 1); order 2, 2 NFE per step (17 steps + denoise = EDM's 35 NFE)."""
+    alpha, s = _cast(x, *_scaled_grid(sde, ts))
+    for i in range(len(ts) - 1):
+        xt = x / alpha[i]
+        # Euler step in sigma~.
+        d = (xt - model(x, ts[i]).x0) / s[i]
+        xt_next = xt + (s[i + 1] - s[i]) * d
+        # 2nd-order (trapezoidal) correction.
+        d_next = (xt_next - model(alpha[i + 1] * xt_next, ts[i + 1]).x0) / s[i + 1]
+        x = alpha[i + 1] * (xt + (s[i + 1] - s[i]) * 0.5 * (d + d_next))
+        callback(i, x)
+    return x
+
+
+def _churn_plan(sde: LinearSDE, ts: Tensor, S_churn: float, S_tmin: float, S_tmax: float):
+    """EDM's gamma_i, sigma~_hat = sigma~_i (1 + gamma_i) and its time t_hat (may exceed T)."""
+    s = sde.sigma_tilde(ts[:-1])
+    inside = (S_tmin <= s) & (s <= S_tmax)
+    gamma = torch.where(inside, torch.full_like(s, min(S_churn / len(ts), math.sqrt(2.0) - 1.0)), torch.zeros_like(s))
+    s_hat = s * (1.0 + gamma)
+    churned = (gamma > 0).tolist()
+    if not any(churned):
+        return gamma, ts[:-1], churned
+    t_hat = torch.where(gamma > 0, sde.t_from_sigma_tilde(s_hat), ts[:-1])
+    back = sde.sigma_tilde(t_hat)
+    if not bool(torch.isfinite(t_hat).all()) or not torch.allclose(back, s_hat, rtol=1e-6, atol=0.0):
+        i = int(torch.nonzero(~torch.isclose(back, s_hat, rtol=1e-6, atol=0.0) | ~torch.isfinite(t_hat))[0])
+        raise ValueError(
+            f"sampler 'edm_sde': S_churn={S_churn} raises sigma~ to {float(s_hat[i]):.6g} at step {i}, which "
+            f"{type(sde).__name__}.t_from_sigma_tilde cannot map to a time (got sigma~ {float(back[i]):.6g}); "
+            f"lower S_churn or set S_tmax below sigma~(T) = {float(sde.sigma_tilde(ts[:1])[0]):.6g}"
+        )
+    return gamma, t_hat, churned
+
+
+@register("edm_sde", kind="sde", order=2, stochastic=False, nfe_per_step="2", default_steps=17,
+          default_schedule="karras", exact_for_point_mass=True, needs=("sigma_tilde", "t_from_sigma_tilde"),
+          paper="Karras et al. 2022 (EDM), Alg. 2")
+def edm_sde(model, sde: LinearSDE, x, ts, *, noise, callback, S_churn: float = 0.0, S_tmin: float = 0.0,
+            S_tmax: float = math.inf, S_noise: float = 1.0):
+    """EDM stochastic sampler (Karras et al. 2022, Alg. 2); 2 NFE per step; S_churn=0 (default) is Alg. 1 (order 2)."""
+    S_churn = _check_number("S_churn", S_churn, "edm_sde")
+    S_tmin = _check_number("S_tmin", S_tmin, "edm_sde")
+    S_tmax = _check_number("S_tmax", S_tmax, "edm_sde", lo=S_tmin, allow_inf=True)
+    S_noise = _check_number("S_noise", S_noise, "edm_sde")
+    gamma, t_hat, churned = _churn_plan(sde, ts, S_churn, S_tmin, S_tmax)
+    alpha, s = _scaled_grid(sde, ts)
+    s_hat = s[:-1] * (1.0 + gamma)
+    churn = s[:-1] * torch.sqrt(gamma * (2.0 + gamma)) * S_noise  # sqrt(s_hat^2 - s^2) S_noise
+    alpha, s, s_hat, alpha_hat, churn = _cast(x, alpha, s, s_hat, sde.alpha(t_hat), churn)
+    for i in range(len(ts) - 1):
+        # Increase the noise temporarily: sigma~_i -> sigma~_hat (t_hat may exceed T).
+        x_hat = x
+        if churned[i]:
+            x_hat = alpha_hat[i] * (x / alpha[i] + churn[i] * noise(x))
+        xt = x_hat / alpha_hat[i]
+        # Euler step from sigma~_hat to sigma~_{i+1}.
+        d = (xt - model(x_hat, t_hat[i]).x0) / s_hat[i]
+        xt_next = xt + (s[i + 1] - s_hat[i]) * d
+        # 2nd-order correction.
+        d_next = (xt_next - model(alpha[i + 1] * xt_next, ts[i + 1]).x0) / s[i + 1]
+        x = alpha[i + 1] * (xt + (s[i + 1] - s_hat[i]) * 0.5 * (d + d_next))
+        callback(i, x)
+    return x
+
+
+def _ancestral_scales(sde: LinearSDE, ts: Tensor, eta: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """alpha, sigma~ and k-diffusion's sigma_down, sigma_up (in sigma~) per step.
+
+    sigma_up = min(s', eta s' sqrt(1 - s'^2/s^2)) with 1 - s'^2/s^2 = 1 - e^{-2h} (h the lambda step),
+    sigma_down = sqrt(s'^2 - sigma_up^2).
+    """
+    alpha, s = _scaled_grid(sde, ts)
+    h = sde.lam(ts[1:]) - sde.lam(ts[:-1])
+    frac = (eta**2 * -torch.expm1(-2.0 * h)).clamp(max=1.0)  # sigma_up^2 / s'^2
+    return alpha, s, s[1:] * torch.sqrt(1.0 - frac), s[1:] * torch.sqrt(frac)
+
+
+def euler_ancestral_coefficients(sde: LinearSDE, ts: Tensor, *, eta: float = 1.0,
+                                 s_noise: float = 1.0) -> CoefficientTable:
+    """Euler ancestral as a table in x: x' = alpha' [(s_down/s) x/alpha + (1 - s_down/s) x0 + s_up z]."""
+    eta = _check_number("eta", eta, "euler_ancestral")
+    s_noise = _check_number("s_noise", s_noise, "euler_ancestral")
+    alpha, s, s_down, s_up = _ancestral_scales(sde, ts, eta)
+    q = s_down / s[:-1]
+    c = alpha[1:] * s_up if eta > 0 else None
+    return make_table("euler_ancestral", sde, ts, alpha[1:] * q / alpha[:-1], alpha[1:] * (1.0 - q), c,
+                      noise_scale=s_noise)
+
+
+@register("euler_ancestral", kind="sde", order=1, stochastic=True, nfe_per_step="1", default_steps=50,
+          default_schedule="karras", exact_for_point_mass=False, needs=("sigma_tilde",),
+          coefficients=euler_ancestral_coefficients,
+          paper="k-diffusion sample_euler_ancestral (Crowson); ancestral step of Ho et al. 2020")
+def euler_ancestral(model, sde: LinearSDE, x, ts, *, noise, callback, eta: float = 1.0, s_noise: float = 1.0):
+    """Euler ancestral (k-diffusion sample_euler_ancestral); strong order 1 (additive noise), 1 NFE per step."""
+    eta = _check_number("eta", eta, "euler_ancestral")
+    s_noise = _check_number("s_noise", s_noise, "euler_ancestral")
+    alpha, s, s_down, s_up = _cast(x, *_ancestral_scales(sde, ts, eta))
+    for i in range(len(ts) - 1):
+        xt = x / alpha[i]
+        # Euler step in sigma~ down to sigma_down.
+        d = (xt - model(x, ts[i]).x0) / s[i]
+        xt = xt + (s_down[i] - s[i]) * d
+        # Add back noise of std sigma_up (k-diffusion: always, with sigma_up = 0 when eta = 0).
+        if eta > 0 and s_noise > 0:
+            xt = xt + s_up[i] * s_noise * noise(x)
+        x = alpha[i + 1] * xt
+        callback(i, x)
+    return x
