@@ -1,0 +1,450 @@
+"""Checkpoints: safetensors weights + JSON state and config; atomic; rebuilt through whitelists.
+
+A checkpoint is a directory::
+
+    model.safetensors      net weights ("net.<name>") and EMA weights ("ema.<name>")
+    optimizer.safetensors  the optimizer's state tensors, flattened ("state.<param>.<key>")
+    config.json            all that rebuilds the model and resumes training: net name + kwargs,
+                           SDE config, ScoreModel config, loss, data + scaler, trainer settings,
+                           scoresde version, format tag and version
+    state.json             step, RNG states (lists of bytes), LR schedule, loss history, the plain
+                           part of the optimizer state, and the size + sha256 of every other file
+
+It is written into a hidden sibling ``.tmp-...`` folder (each file fsynced, ``state.json`` last)
+and renamed into place, so a process killed mid-write leaves either the previous checkpoint or the
+new one, never a mixture. A training run keeps ``step-<N>`` checkpoints in its run folder and a
+``latest`` file naming the newest; ``latest`` is rewritten (atomically) only after the new
+checkpoint is complete. Loading accepts a run folder (follows ``latest``) or a checkpoint folder.
+
+Loading never executes code: JSON and safetensors only (no pickle), the network is rebuilt by
+registry name (:data:`scoresde.nets.NETS`) and the SDE by :func:`scoresde.sde.sde_from_config`.
+Anything corrupt, truncated or foreign raises :class:`CheckpointError` naming the file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ._utils import atomic_write_bytes
+from .model import ScoreModel
+from .sde import LinearSDE, sde_from_config
+
+__all__ = [
+    "CheckpointError",
+    "LoadedCheckpoint",
+    "save_checkpoint",
+    "save_run_checkpoint",
+    "load_checkpoint",
+    "load_model",
+    "resolve_checkpoint",
+    "FORMAT",
+    "FORMAT_VERSION",
+]
+
+FORMAT = "scoresde-checkpoint"
+FORMAT_VERSION = 1
+MODEL_FILE, OPTIM_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "config.json", "state.json"
+LATEST = "latest"
+_STEP_DIR = re.compile(r"^step-\d+$")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint is missing, corrupt, truncated, foreign, or cannot be rebuilt."""
+
+
+@dataclass
+class LoadedCheckpoint:
+    """What :func:`load_checkpoint` returns."""
+
+    model: ScoreModel  # in eval mode, EMA weights unless ema=False
+    sde: LinearSDE
+    scaler: Any  # the data scaler (model space <-> data space), None if the run had none
+    config: dict  # config.json
+    state: dict  # state.json
+    path: Path  # the checkpoint folder that was read (after following ``latest``)
+    tensors: dict[str, Tensor] = field(default_factory=dict, repr=False)  # model.safetensors
+
+    @property
+    def step(self) -> int:
+        return int(self.state.get("step", 0))
+
+    @property
+    def data_shape(self) -> tuple[int, ...]:
+        return tuple(self.config.get("data_shape") or ())
+
+    def optimizer_state(self) -> dict:
+        """The optimizer's ``state_dict()`` (tensors from optimizer.safetensors, the rest from state.json)."""
+        return _optimizer_state(self.path, self.state)
+
+
+# ----------------------------------------------------------------------------------------------- save
+def save_checkpoint(
+    path: str | os.PathLike,
+    model: ScoreModel,
+    *,
+    net_name: str | None = None,
+    ema: nn.Module | None = None,
+    optimizer: torch.optim.Optimizer | None = None,
+    config: dict | None = None,
+    state: dict | None = None,
+) -> Path:
+    """Write a complete checkpoint folder at ``path`` atomically (replacing one that is there).
+
+    Args:
+        path: the checkpoint folder to write.
+        model: the trained :class:`ScoreModel` (its net may be wrapped in DistributedDataParallel).
+        net_name: the net's registry name in :data:`scoresde.nets.NETS` (found from its class
+            when omitted).
+        ema: a module with the net's structure holding the EMA weights (optional).
+        optimizer: the optimizer whose state to keep (optional).
+        config: more plain-data config (loss, data, scaler, trainer settings, data_shape, ...).
+        state: plain-data training state (step, RNG states, schedule, loss history, ...).
+    """
+    path = Path(path)
+    net = _unwrap(model.net)
+    if not isinstance(net, nn.Module):
+        raise TypeError(f"model.net must be an nn.Module to be saved; got {type(net).__name__}")
+    name = net_name or _net_name(net)
+    net_kwargs = net.config() if callable(getattr(net, "config", None)) else None
+    if net_kwargs is None:
+        raise TypeError(f"{type(net).__name__} has no .config() (its constructor kwargs as plain data)")
+    from . import __version__
+
+    full_config = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "scoresde_version": __version__,
+        "net": {"name": name, "kwargs": net_kwargs},
+        "sde": model.sde.config(),
+        "model": model.config(),
+        **(config or {}),
+    }
+    tensors = {f"net.{k}": v for k, v in net.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v for k, v in _unwrap(ema).state_dict().items()})
+    full_state = {"format": FORMAT, "format_version": FORMAT_VERSION, **(state or {})}
+    optim_tensors: dict[str, Tensor] = {}
+    if optimizer is not None:
+        optim_tensors, full_state["optimizer"] = _flatten_optimizer(optimizer.state_dict())
+
+    blobs = {
+        MODEL_FILE: _safetensors_bytes(tensors),
+        OPTIM_FILE: _safetensors_bytes(optim_tensors),
+        CONFIG_FILE: _json_bytes(full_config, indent=1),
+    }
+    full_state["files"] = {k: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for k, b in blobs.items()}
+    blobs[STATE_FILE] = _json_bytes(full_state)  # written last: its presence marks a complete folder
+    _write_folder_atomically(path, blobs)
+    return path
+
+
+def save_run_checkpoint(run_dir: str | os.PathLike, step: int, *, keep: int = 2, **kwargs: Any) -> Path:
+    """Save ``run_dir/step-<step>`` with :func:`save_checkpoint`, then point ``run_dir/latest`` at it
+    and delete all but the ``keep`` newest step folders (``keep <= 0`` keeps all)."""
+    run_dir = Path(run_dir)
+    name = f"step-{int(step):07d}"
+    if run_dir.is_dir():  # leftovers of a writer killed mid-write (only one process writes a run folder)
+        for junk in run_dir.iterdir():
+            if junk.name.startswith((".tmp-step-", ".old-step-")):
+                shutil.rmtree(junk, ignore_errors=True)
+    out = save_checkpoint(run_dir / name, **kwargs)
+    atomic_write_bytes(run_dir / LATEST, (name + "\n").encode())
+    if keep > 0:
+        steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
+        for old in steps[:-keep]:
+            if old.name != name:
+                shutil.rmtree(old, ignore_errors=True)
+    return out
+
+
+def _write_folder_atomically(path: Path, blobs: dict[str, bytes]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        mode = 0o666 & ~_umask()
+        for fname, data in blobs.items():
+            atomic_write_bytes(tmp / fname, data)  # fsynced
+            os.chmod(tmp / fname, mode)  # mkstemp makes 0600 files; checkpoints are ordinary files
+        _fsync_dir(tmp)
+        old = None
+        if path.exists():  # a directory cannot be renamed onto a non-empty one: move the old aside
+            old = path.parent / f".old-{path.name}-{uuid.uuid4().hex[:8]}"
+            os.replace(path, old)
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # e.g. platforms without directory fds
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _safetensors_bytes(tensors: dict[str, Tensor]) -> bytes:
+    from safetensors.torch import save
+
+    # safetensors refuses shared or non-contiguous storage: store independent CPU copies.
+    return save({k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()})
+
+
+def _json_bytes(obj: Any, indent: int | None = None) -> bytes:
+    # state.json is compact (RNG states are long lists of bytes); config.json is meant to be read
+    return (json.dumps(obj, indent=indent, separators=None if indent else (",", ":")) + "\n").encode("utf-8")
+
+
+def _unwrap(net: Any) -> Any:
+    """The module inside DistributedDataParallel / DataParallel / torch.compile wrappers."""
+    while True:
+        if isinstance(net, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+            net = net.module
+        elif hasattr(net, "_orig_mod"):
+            net = net._orig_mod
+        else:
+            return net
+
+
+def _net_name(net: nn.Module) -> str:
+    from .nets import NETS
+
+    name = getattr(net, "name", None)
+    if isinstance(name, str) and NETS.get(name) is type(net):
+        return name
+    for name, factory in NETS.items():
+        if factory is type(net):
+            return name
+    raise TypeError(
+        f"cannot find {type(net).__name__} in scoresde.nets.NETS ({', '.join(NETS)}); pass net_name= "
+        "or register the net"
+    )
+
+
+def _flatten_optimizer(sd: dict) -> tuple[dict[str, Tensor], dict]:
+    """Split ``optimizer.state_dict()`` into tensors (for safetensors) and plain JSON data."""
+    tensors: dict[str, Tensor] = {}
+    plain_state: dict[str, dict] = {}
+    for pid, entry in sd["state"].items():
+        plain_state[str(pid)] = {}
+        for key, value in entry.items():
+            if isinstance(value, Tensor):
+                tname = f"state.{pid}.{key}"
+                tensors[tname] = value
+                plain_state[str(pid)][key] = {"tensor": tname}
+            else:
+                plain_state[str(pid)][key] = {"value": value}
+    return tensors, {"state": plain_state, "param_groups": sd["param_groups"]}
+
+
+def _optimizer_state(path: Path, state: dict) -> dict:
+    plain = state.get("optimizer")
+    if not isinstance(plain, dict):
+        raise CheckpointError(f"{path / STATE_FILE}: holds no optimizer state (saved without an optimizer)")
+    tensors = _read_safetensors(path / OPTIM_FILE)
+    out_state = {}
+    try:
+        for pid, entry in plain["state"].items():
+            out_state[int(pid)] = {
+                key: (tensors[v["tensor"]] if "tensor" in v else v["value"]) for key, v in entry.items()
+            }
+        groups = []
+        for g in plain["param_groups"]:
+            g = dict(g)
+            if isinstance(g.get("betas"), list):
+                g["betas"] = tuple(g["betas"])
+            groups.append(g)
+    except (KeyError, TypeError, ValueError, AttributeError) as err:
+        raise CheckpointError(f"{path}: the optimizer state in {STATE_FILE} / {OPTIM_FILE} is malformed ({err!r})") from None
+    return {"state": out_state, "param_groups": groups}
+
+
+# ----------------------------------------------------------------------------------------------- load
+def resolve_checkpoint(path: str | os.PathLike) -> Path:
+    """The checkpoint folder that ``path`` names: itself, or (for a run folder) the one ``latest`` names."""
+    p = Path(path)
+    if not p.exists():
+        raise CheckpointError(f"checkpoint {str(p)!r} does not exist")
+    if p.is_file():
+        raise CheckpointError(
+            f"checkpoint {str(p)!r} is a file; a scoresde checkpoint is a folder holding {MODEL_FILE}, "
+            f"{CONFIG_FILE} and {STATE_FILE} (or a run folder with a '{LATEST}' file). Pickled .pt/.pth files "
+            "are never loaded"
+        )
+    if (p / STATE_FILE).exists() or (p / CONFIG_FILE).exists():
+        return p
+    if (p / LATEST).exists():
+        try:
+            name = (p / LATEST).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as err:
+            raise CheckpointError(f"{p / LATEST}: unreadable ({err})") from None
+        if not _STEP_DIR.match(name):
+            raise CheckpointError(f"{p / LATEST}: expected a checkpoint name like 'step-0001000'; got {name[:80]!r}")
+        if not (p / name).is_dir():
+            raise CheckpointError(f"{p / LATEST} names {name!r}, but {p / name} does not exist")
+        return p / name
+    raise CheckpointError(
+        f"{str(p)!r} is not a scoresde checkpoint: it has neither {STATE_FILE}/{CONFIG_FILE} nor a '{LATEST}' file"
+    )
+
+
+def _read_json(file: Path) -> dict:
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing (incomplete or foreign checkpoint folder)")
+    try:
+        obj = json.loads(file.read_bytes().decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise CheckpointError(f"{file}: not valid JSON ({err}); the file is corrupt or not a scoresde file") from None
+    if not isinstance(obj, dict):
+        raise CheckpointError(f"{file}: expected a JSON object; got {type(obj).__name__}")
+    if obj.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{file}: no '{FORMAT}' format tag (found format={obj.get('format')!r}); not a scoresde checkpoint"
+        )
+    version = obj.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"{file}: format_version {version!r} is not supported by this scoresde (reads up to {FORMAT_VERSION})"
+        )
+    return obj
+
+
+def _verify_files(path: Path, state: dict) -> None:
+    files = state.get("files")
+    if not isinstance(files, dict):
+        raise CheckpointError(f"{path / STATE_FILE}: no 'files' manifest; not a complete scoresde checkpoint")
+    for fname, meta in files.items():
+        if fname not in (MODEL_FILE, OPTIM_FILE, CONFIG_FILE):
+            raise CheckpointError(f"{path / STATE_FILE}: unexpected file {fname!r} in the manifest")
+        f = path / fname
+        if not f.is_file():
+            raise CheckpointError(f"{f}: missing (the checkpoint folder is incomplete)")
+        size = f.stat().st_size
+        if size != meta.get("bytes"):
+            raise CheckpointError(
+                f"{f}: {size} bytes, but the checkpoint recorded {meta.get('bytes')} (truncated or replaced)"
+            )
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        if digest != meta.get("sha256"):
+            raise CheckpointError(f"{f}: sha256 does not match the one recorded in {STATE_FILE} (corrupt or replaced)")
+
+
+def _read_safetensors(file: Path) -> dict[str, Tensor]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load
+
+    if not file.is_file():
+        raise CheckpointError(f"{file}: missing")
+    try:
+        return load(file.read_bytes())
+    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+
+
+def build_net_from_config(net_cfg: Any, where: str = CONFIG_FILE) -> nn.Module:
+    """Rebuild a network from ``{"name": NETS key, "kwargs": {...}}`` (whitelisted names only)."""
+    from .nets import NETS, build_net
+
+    if not isinstance(net_cfg, dict) or not isinstance(net_cfg.get("name"), str):
+        raise CheckpointError(f"{where}: 'net' must be {{'name': ..., 'kwargs': {{...}}}}; got {net_cfg!r}")
+    name, kwargs = net_cfg["name"], net_cfg.get("kwargs") or {}
+    if name not in NETS:
+        raise CheckpointError(f"{where}: unknown net {name!r}; accepted: {', '.join(NETS)}")
+    if not isinstance(kwargs, dict):
+        raise CheckpointError(f"{where}: net kwargs must be a JSON object; got {kwargs!r}")
+    try:
+        return build_net(name, **kwargs)
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: cannot build net {name!r} from kwargs {kwargs}: {err}") from None
+
+
+def scaler_from_config(cfg: Any, where: str = CONFIG_FILE) -> Any:
+    """Rebuild the data scaler from its plain-data config (None -> None)."""
+    if cfg is None:
+        return None
+    from . import data
+
+    try:
+        return data.Scaler.from_config(cfg)
+    except (TypeError, ValueError, KeyError) as err:
+        raise CheckpointError(f"{where}: cannot rebuild the data scaler from {cfg!r}: {err}") from None
+
+
+def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | None = None, ema: bool = True) -> LoadedCheckpoint:
+    """Load a checkpoint folder (or a run folder's latest) without executing any stored code.
+
+    Returns a :class:`LoadedCheckpoint` whose ``model`` is a :class:`ScoreModel` in eval mode on
+    ``device`` (default CPU), holding the EMA weights (``ema=False``: the raw trained weights).
+    """
+    ckpt = resolve_checkpoint(path)
+    state = _read_json(ckpt / STATE_FILE)
+    _verify_files(ckpt, state)
+    config = _read_json(ckpt / CONFIG_FILE)
+    where = str(ckpt / CONFIG_FILE)
+    try:
+        sde = sde_from_config(config.get("sde"))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: cannot rebuild the SDE: {err}") from None
+    net = build_net_from_config(config.get("net"), where)
+    tensors = _read_safetensors(ckpt / MODEL_FILE)
+    prefix = "ema." if ema else "net."
+    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    if ema and not weights:
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: holds no EMA weights ('ema.*'); load with ema=False")
+    load_weights(net, weights, ckpt / MODEL_FILE)
+    mcfg = config.get("model") or {}
+    try:
+        model = ScoreModel(net, sde, mcfg.get("parameterization", "score"),
+                           noise_input=mcfg.get("noise_input", "t"), sigma_data=mcfg.get("sigma_data", 0.5))
+    except (TypeError, ValueError) as err:
+        raise CheckpointError(f"{where}: bad ScoreModel config {mcfg!r}: {err}") from None
+    model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
+    scaler = scaler_from_config(config.get("scaler"), where)
+    return LoadedCheckpoint(model=model, sde=sde, scaler=scaler, config=config, state=state, path=ckpt, tensors=tensors)
+
+
+def load_weights(net: nn.Module, weights: dict[str, Tensor], where: Any) -> None:
+    """``net.load_state_dict(weights, strict=True)``, with mismatches reported as CheckpointError."""
+    expected = net.state_dict()
+    missing = sorted(set(expected) - set(weights))
+    unexpected = sorted(set(weights) - set(expected))
+    bad_shape = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
+    if missing or unexpected or bad_shape:
+        raise CheckpointError(
+            f"{where}: weights do not fit the net rebuilt from config.json "
+            f"(missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {bad_shape[:5]})"
+        )
+    net.load_state_dict(weights, strict=True)
+
+
+def load_model(path: str | os.PathLike, *, device: str | torch.device | None = None, ema: bool = True):
+    """Convenience: ``(ScoreModel, sde, scaler)`` from a checkpoint or run folder."""
+    ck = load_checkpoint(path, device=device, ema=ema)
+    return ck.model, ck.sde, ck.scaler
