@@ -10,12 +10,12 @@ See docs/benchmarking.md for the metrics, their noise floors, the fairness rules
 
 from .cells import Cell, Entry, Sweep, parse_entries, parse_int_list, shard
 from .problems import MIXTURES, Problem, get_problem, mixture
-from .report import aggregate, markdown_table, plot_problem, write_report
+from .report import aggregate, markdown_table, pivot_table, plot_problem, write_report
 from .store import ResultStore, merge_shards, read_jsonl
 from .sweep import per_sample_seeds, run_cell, run_sweep
 
 __all__ = [
     "Sweep", "Entry", "Cell", "run_sweep", "run_cell", "per_sample_seeds", "parse_entries", "parse_int_list", "shard",
     "Problem", "get_problem", "mixture", "MIXTURES", "ResultStore", "read_jsonl", "merge_shards",
-    "aggregate", "markdown_table", "plot_problem", "write_report",
+    "aggregate", "markdown_table", "pivot_table", "plot_problem", "write_report",
 ]

@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterable
 from .._utils import atomic_write_text
 from .quality import METRICS
 
-__all__ = ["aggregate", "markdown_table", "plot_problem", "write_report", "floor_band"]
+__all__ = ["aggregate", "markdown_table", "pivot_table", "plot_problem", "write_report", "floor_band"]
 
 _NAMES = {"sw2": "SW2", "mmd": "MMD", "energy": "energy", "mode_err": "mode err", "logp_gap": "logp gap", "fd": "FD"}
 
@@ -151,6 +151,33 @@ def _nfe(r: dict[str, Any]) -> str:
     if v is None or (isinstance(v, float) and math.isnan(v)):
         return "-"
     return str(int(v)) if float(v).is_integer() else f"{v:.1f}"
+
+
+def pivot_table(records: list[dict[str, Any]], problem: str, metric: str = "sw2", *, value: str = "ratio",
+                show_nfe: bool = True) -> str:
+    """A compact Markdown table: one row per sampler label, one column per step budget; each cell
+    is the metric (``value="ratio"``: divided by its floor; ``"raw"``; or a record field such as
+    ``"wall_s"``), with the NFE in parentheses. Adaptive cells go in an ``adaptive`` column."""
+    rows = [r for r in aggregate(records) if r["problem"] == problem]
+    steps = sorted({r["steps"] for r in rows if r["steps"]}) + ([0] if any(r["steps"] == 0 for r in rows) else [])
+    labels = list(dict.fromkeys(r["label"] for r in rows))
+    field = {"ratio": f"{metric}_ratio", "raw": metric}.get(value, value)
+    head = ["sampler"] + ["adaptive" if s == 0 else str(s) for s in steps]
+    lines = ["| " + " | ".join(head) + " |", "|---" + "|---:" * len(steps) + "|"]
+    for lab in labels:
+        cells = [lab]
+        for st in steps:
+            r = next((x for x in rows if x["label"] == lab and x["steps"] == st), None)
+            if r is None:
+                cells.append("")
+            elif r["errors"] == r["seeds"]:
+                cells.append("diverged")
+            else:
+                v = r.get(field)
+                txt = _num(v, ".3g" if field in ("wall_s", "overhead") else ".2f")
+                cells.append(f"{txt} ({_nfe(r)})" if show_nfe else txt)
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def plot_problem(records: list[dict[str, Any]], problem: str, metric: str, path: str, *, title: str | None = None) -> bool:

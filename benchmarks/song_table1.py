@@ -1,0 +1,165 @@
+"""Song et al. 2021, Table 1, in spirit: predictors with and without Langevin correctors, VE vs VP.
+
+The paper compares, on CIFAR-10 FID, three predictors (reverse diffusion, ancestral sampling,
+probability flow) run as P1000 (1000 predictor steps), P2000 (2000 predictor steps), C2000
+(2000 corrector steps, no predictor) and PC1000 (1000 predictor steps each followed by one
+Langevin corrector step: 2000 score evaluations, the cost of P2000 and C2000), for the VE (SMLD)
+and VP (DDPM) SDEs. Here the data are exact Gaussian mixtures (the score is exact, so only the
+samplers differ) and, when a trained digits checkpoint is given, the 8x8 digits (Frechet digits
+distance). Quality is each metric divided by its noise floor (1 = as good as exact samples).
+
+Mapping to our samplers:
+
+* reverse diffusion: ``reverse_diffusion`` (P), ``pc(predictor=reverse_diffusion)`` (PC);
+* ancestral: ``ancestral`` (P), ``pc(predictor=ancestral)`` (PC);
+* probability flow: ``ode(method=euler)`` (P: Euler on the probability-flow ODE, one score
+  evaluation per step). ``pc`` has no probability-flow predictor, so **PC1000 is not run for
+  probability flow** (the paper's PC row there uses one);
+* C2000: ``pc(predictor=none)``; the corrector alone, the same for every row.
+
+The corrector is Langevin with ``snr=0.16`` and ``n_corrector_steps=1`` (score_sde's default
+config for both SDEs) and ``norm=batch`` (score_sde's batch-mean norms, which the paper used);
+``pc(norm=per_sample)`` (our default) is run as an extra row.
+
+    python benchmarks/song_table1.py                          # the mixtures (about 30 min on 2 CPU cores)
+    python benchmarks/song_table1.py --digits runs/digits     # adds a trained digits checkpoint
+    python benchmarks/song_table1.py --docs                   # also copy tables/plots to docs/
+
+Resumable: run the same command again after an interruption and only missing cells run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+
+import torch
+
+from scoresde.bench import Entry, ResultStore, Sweep, aggregate, run_sweep
+
+PC = {"corrector": "langevin", "snr": 0.16, "n_corrector_steps": 1, "norm": "batch"}
+
+
+def entries() -> list[Entry]:
+    return [
+        Entry("reverse_diffusion", label="reverse diffusion P", steps=(1000, 2000), series="reverse diffusion"),
+        Entry("pc", {"predictor": "reverse_diffusion", **PC}, label="reverse diffusion PC", steps=(1000,),
+              series="reverse diffusion PC"),
+        Entry("pc", {"predictor": "reverse_diffusion", **PC, "norm": "per_sample"},
+              label="reverse diffusion PC (per-sample norm)", steps=(1000,), series="reverse diffusion PC (per-sample)"),
+        Entry("ancestral", label="ancestral P", steps=(1000, 2000), series="ancestral"),
+        Entry("pc", {"predictor": "ancestral", **PC}, label="ancestral PC", steps=(1000,), series="ancestral PC"),
+        Entry("pc", {"predictor": "ancestral", **PC, "norm": "per_sample"},
+              label="ancestral PC (per-sample norm)", steps=(1000,), series="ancestral PC (per-sample)"),
+        Entry("ode", {"method": "euler"}, label="probability flow P", steps=(1000, 2000), series="probability flow"),
+        Entry("pc", {"predictor": "none", **PC}, label="corrector only C", steps=(2000,), series="corrector only"),
+    ]
+
+
+# (row, column) of the paper's table for each (label, steps).
+CELLS = {
+    ("reverse diffusion P", 1000): ("reverse diffusion", "P1000"),
+    ("reverse diffusion P", 2000): ("reverse diffusion", "P2000"),
+    ("reverse diffusion PC", 1000): ("reverse diffusion", "PC1000"),
+    ("reverse diffusion PC (per-sample norm)", 1000): ("reverse diffusion, per-sample norm", "PC1000"),
+    ("ancestral P", 1000): ("ancestral", "P1000"),
+    ("ancestral P", 2000): ("ancestral", "P2000"),
+    ("ancestral PC", 1000): ("ancestral", "PC1000"),
+    ("ancestral PC (per-sample norm)", 1000): ("ancestral, per-sample norm", "PC1000"),
+    ("probability flow P", 1000): ("probability flow", "P1000"),
+    ("probability flow P", 2000): ("probability flow", "P2000"),
+    ("corrector only C", 2000): ("(any)", "C2000"),
+}
+ROWS = ("reverse diffusion", "ancestral", "probability flow", "(any)", "reverse diffusion, per-sample norm",
+        "ancestral, per-sample norm")
+COLS = ("P1000", "P2000", "C2000", "PC1000")
+
+
+def table(records: list[dict], problem: str, metric: str) -> str:
+    """The paper's layout: rows = predictor, columns = P1000 / P2000 / C2000 / PC1000;
+    each cell = metric / floor, mean +- std over seeds (NFE)."""
+    cell = {}
+    for r in aggregate(records):
+        if r["problem"] != problem or (r["label"], r["steps"]) not in CELLS:
+            continue
+        if r["errors"] == r["seeds"]:
+            txt = "diverged"
+        elif f"{metric}_ratio" in r:
+            sd = r.get(f"{metric}_std", 0.0) / r[f"{metric}_floor"] if r[f"{metric}_floor"] else 0.0
+            txt = f"{r[f'{metric}_ratio']:.2f} ± {sd:.2f} ({int(r['nfe'])})"
+        else:
+            continue
+        cell[CELLS[(r["label"], r["steps"])]] = txt
+    lines = ["| predictor | " + " | ".join(COLS) + " |", "|---" + "|---:" * len(COLS) + "|"]
+    for row in ROWS:
+        if any((row, c) in cell for c in COLS):
+            lines.append(f"| {row} | " + " | ".join(cell.get((row, c), "n/a" if row == "probability flow" and c == "PC1000"
+                                                            else "") for c in COLS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out: str, records: list[dict], problems: list[str], command: str) -> str:
+    md = [f"<!-- made by: {command} -->",
+          "Each cell: metric / noise floor, mean ± std over seeds (std also divided by the floor), and (NFE). "
+          "1.0 = as close to the reference as another exact (or held-out) set of the same size.\n"]
+    for p in problems:
+        recs = [r for r in records if r["problem"] == p and r.get("status") == "ok"]
+        if not recs:
+            continue
+        n, seeds = recs[0]["n"], sorted({r["seed"] for r in recs})
+        metrics = ["fd", "sw2"] if "fd" in recs[0] else ["sw2", "mmd", "mode_err"]
+        for m in metrics:
+            if m not in recs[0]:
+                continue
+            floor = recs[0][f"{m}_floor"]
+            md.append(f"### {p}: {m} / floor (n = {n}, seeds {', '.join(map(str, seeds))}; floor {floor:.4g})\n")
+            md.append(table(records, p, m))
+    path = os.path.join(out, "song_table1.md")
+    with open(path, "w") as fh:
+        fh.write("\n".join(md))
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", default="results/song_table1")
+    ap.add_argument("--problems", default="gmm2d-ve,gmm2d-vp,gmm16d-ve,gmm16d-vp")
+    ap.add_argument("--seeds", default="0,1,2")
+    ap.add_argument("-n", type=int, default=2000, help="samples per cell on the mixtures")
+    ap.add_argument("--digits", default=None, help="a trained digits checkpoint or run folder (adds ckpt:PATH)")
+    ap.add_argument("--digits-n", type=int, default=500, help="samples per cell on the digits (<= 898)")
+    ap.add_argument("--digits-seeds", default="0")
+    ap.add_argument("--docs", action="store_true", help="copy the table to docs/data and the plots to docs/figures")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    problems = args.problems.split(",")
+    seeds = [int(s) for s in args.seeds.split(",")]
+    run_sweep(Sweep(entries(), problems=problems, seeds=seeds, n=args.n), args.out, progress=True)
+    if args.digits:
+        dig = f"ckpt:{args.digits}"
+        problems.append(dig)
+        run_sweep(Sweep(entries(), problems=[dig], seeds=[int(s) for s in args.digits_seeds.split(",")],
+                        n=args.digits_n, metrics=["fd", "sw2"]), args.out, progress=True)
+    records = ResultStore(args.out).records()
+    command = "python benchmarks/song_table1.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    path = write_report(args.out, records, problems, command.strip())
+    print(open(path).read())
+    if args.docs:
+        os.makedirs("docs/data", exist_ok=True)
+        os.makedirs("docs/figures", exist_ok=True)
+        shutil.copy(path, "docs/data/song_table1.md")
+        for p in problems:
+            for m in ("sw2", "fd"):
+                src = os.path.join(args.out, "plots", f"{p.replace(':', '_').replace('/', '_')}_{m}.png")
+                if os.path.exists(src):
+                    name = "digits" if p.startswith("ckpt:") else p
+                    shutil.copy(src, f"docs/figures/bench_song_table1_{name}_{m}.png")
+        print("copied the table to docs/data/song_table1.md and the plots to docs/figures/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
