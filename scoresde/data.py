@@ -257,7 +257,7 @@ def _load_toy(name: str, n: int | None, seed: int, scaler: Any = None, **options
     n = 10000 if n is None else n
     if name in MIXTURES:
         if options:
-            raise ValueError(f"dataset {name!r} has no options; got {', '.join(map(repr, options))}")
+            raise ValueError(f"dataset {name!r} has no option {next(iter(options))!r}; accepted: scaler")
         gm = toy_mixture(name)
         x, y = gm.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64, return_labels=True)
         sc = _mixture_scaler(gm) if scaler is None else _as_scaler(scaler)

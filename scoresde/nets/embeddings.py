@@ -58,13 +58,13 @@ class SinusoidalEmbedding(nn.Module):
         super().__init__()
         self.dim = _check_dim(dim)
         self.scale = float(scale)
-        half = self.dim // 2
-        freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float64) / half)
-        self.register_buffer("freqs", freqs.float(), persistent=False)
+        self.max_period = float(max_period)
 
     def forward(self, c_noise: Tensor, batch: int | None = None) -> Tensor:  # (B,) -> (B, dim)
         c = _as_batch(c_noise, batch)
-        arg = einops.rearrange(self.scale * c, "b -> b 1") * self.freqs.to(c.dtype)
+        half = self.dim // 2
+        freqs = torch.exp(-math.log(self.max_period) / half * torch.arange(half, dtype=c.dtype, device=c.device))
+        arg = einops.rearrange(self.scale * c, "b -> b 1") * freqs
         return torch.cat([torch.cos(arg), torch.sin(arg)], dim=-1)
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import einops
-import torch
 from torch import Tensor, nn
 
 from .embeddings import LabelEmbedding, make_act, make_embedding

@@ -1,9 +1,11 @@
 """A DDPM-style U-Net score network (Ho et al. 2020; Song et al. 2021's DDPM++ without its extras).
 
-Residual blocks (GroupNorm, SiLU, 3x3 convolutions, the noise embedding added after the first
-convolution), self-attention at the chosen resolutions and in the middle, strided-convolution
-downsampling, nearest-neighbour + convolution upsampling, skip connections from every down-path
-stage. Class labels are embedded and added to the noise embedding.
+Residual blocks (GroupNorm, SiLU, 3x3 convolutions; the noise embedding enters as a per-channel
+scale and shift after the second GroupNorm, the "scale-shift norm" of Dhariwal & Nichol 2021, which
+a GroupNorm cannot cancel the way it cancels DDPM's additive per-channel bias), self-attention at
+the chosen resolutions and in the middle, strided-convolution downsampling, nearest-neighbour +
+convolution upsampling, skip connections from every down-path stage. Class labels are embedded and
+added to the noise embedding.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ __all__ = ["UNet"]
 
 
 def _groups(ch: int) -> int:
-    """The largest group count <= 32 dividing ch (GroupNorm needs ch % groups == 0)."""
-    return next(g for g in (32, 16, 8, 4, 2, 1) if ch % g == 0)
+    """The largest group count <= 32 that divides ch with at least 4 channels per group (else 1)."""
+    return next((g for g in (32, 16, 8, 4, 2) if ch % g == 0 and ch // g >= 4), 1)
 
 
 def _norm(ch: int) -> nn.GroupNorm:
@@ -30,20 +32,21 @@ def _norm(ch: int) -> nn.GroupNorm:
 
 
 class ResBlock(nn.Module):
-    """DDPM residual block: h = conv(act(GN x)) + E emb; h = conv(drop(act(GN h))); x' = skip(x) + h."""
+    """Residual block: h = conv(act(GN x)); h = conv(drop(act(GN(h) (1 + s) + b))); x' = skip(x) + h,
+    with (s, b) = E emb per channel (scale-shift norm, Dhariwal & Nichol 2021)."""
 
     def __init__(self, c_in: int, c_out: int, emb_dim: int, act: str, dropout: float):
         super().__init__()
         self.norm1, self.conv1 = _norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
-        self.emb = nn.Linear(emb_dim, c_out)
+        self.emb = nn.Linear(emb_dim, 2 * c_out)
         self.norm2, self.conv2 = _norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
         self.act, self.drop = make_act(act), nn.Dropout(dropout)
         self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
 
     def forward(self, x: Tensor, emb: Tensor) -> Tensor:
         h = self.conv1(self.act(self.norm1(x)))
-        h = h + einops.rearrange(self.emb(emb), "b c -> b c 1 1")
-        h = self.conv2(self.drop(self.act(self.norm2(h))))
+        scale, shift = einops.rearrange(self.emb(emb), "b (n c) -> n b c 1 1", n=2)
+        h = self.conv2(self.drop(self.act(self.norm2(h) * (1 + scale) + shift)))
         return self.skip(x) + h
 
 
