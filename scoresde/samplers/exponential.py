@@ -196,9 +196,11 @@ def dpmpp_2m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
 
 
 def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
-                          lower_order_final: bool = True) -> CoefficientTable:
+                          lower_order_final: bool = True, reference_d2: bool = False) -> CoefficientTable:
     """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`)."""
     _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
+    _check_bool("reference_d2", reference_d2, "dpmpp_3m")
+    k2 = 1.0 if reference_d2 else 2.0
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     w1, w2m, w2, w3 = _dpmpp_weights(alpha[1:], h, solver_type)
     r0, r1 = _ratios(h, 1), _ratios(h, 2)
@@ -210,8 +212,8 @@ def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpm
             b[i, 1] -= w2m[i] / r0[i]
         elif p == 3:  # w2 D1 + w3 D2 = e0 D1_0 + e1 D1_1, D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1
             s = r0[i] + r1[i]
-            e0 = w2[i] * (1.0 + r0[i] / s) + w3[i] / s
-            e1 = -w2[i] * r0[i] / s - w3[i] / s
+            e0 = w2[i] * (1.0 + r0[i] / s) + k2 * w3[i] / s
+            e1 = -w2[i] * r0[i] / s - k2 * w3[i] / s
             b[i, 0] += e0 / r0[i]
             b[i, 1] += -e0 / r0[i] + e1 / r1[i]
             b[i, 2] += -e1 / r1[i]
@@ -222,9 +224,16 @@ def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpm
           default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",), coefficients=dpmpp_3m_coefficients,
           paper="Lu et al. 2022b (DPM-Solver++), multistep order 3 (dpm_solver_pytorch.py)")
 def dpmpp_3m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str = "dpmsolver",
-             lower_order_final: bool = True):
-    """DPM-Solver++(3M) (Lu et al. 2022b, multistep order 3); order 3, 1 NFE per step; orders 1, 2 to start (and end)."""
+             lower_order_final: bool = True, reference_d2: bool = False):
+    """DPM-Solver++(3M) (Lu et al. 2022b, multistep order 3); order 3, 1 NFE per step; orders 1, 2 to start (and end).
+
+    ``reference_d2=True`` reproduces dpm_solver_pytorch.py (and diffusers, k-diffusion), whose
+    second difference D2 estimates h^2 x0''/2 where the phi_3 weight needs h^2 x0'': that step is
+    2nd-order accurate only (measured global order 2; see docs).
+    """
     _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
+    _check_bool("reference_d2", reference_d2, "dpmpp_3m")
+    k2 = 1.0 if reference_d2 else 2.0
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     orders = _orders(len(h), 3, lower_order_final)
     r0, r1 = _ratios(h, 1), _ratios(h, 2)
@@ -239,10 +248,10 @@ def dpmpp_3m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
             # 2nd-order correction (as dpmpp_2m).
             x_next = x_next + w2m[i] * (m[0] - m[1]) / r0[i]
         elif orders[i] == 3:
-            # 3rd-order correction: first and second divided differences in lambda.
+            # 3rd-order correction: D1 ~ h x0', D2 ~ h^2 x0'' from divided differences in lambda.
             d0, d1 = (m[0] - m[1]) / r0[i], (m[1] - m[2]) / r1[i]
             D1 = d0 + (d0 - d1) * r0[i] / (r0[i] + r1[i])
-            D2 = (d0 - d1) / (r0[i] + r1[i])
+            D2 = k2 * (d0 - d1) / (r0[i] + r1[i])
             x_next = x_next + w2[i] * D1 + w3[i] * D2
         x = x_next
         callback(i, x)

@@ -125,7 +125,8 @@ class CoefficientTable:
             return
         s = self.noise_scale if self.stochastic else 1.0
         lhs = (self.a * sigma[:-1]) ** 2 + (self.c / s) ** 2
-        _assert_identity(self.name, "a_i^2*sigma_i^2 + (c_i/noise_scale)^2 = sigma_(i+1)^2", lhs, sigma[1:] ** 2, lhs + sigma[1:] ** 2)
+        what = "a_i^2*sigma_i^2 + (c_i/noise_scale)^2 = sigma_(i+1)^2"
+        _assert_identity(self.name, what, lhs, sigma[1:] ** 2, lhs + sigma[1:] ** 2)
 
 
 def _assert_identity(name: str, what: str, lhs: Tensor, rhs: Tensor, scale: Tensor) -> None:
