@@ -192,6 +192,7 @@ def test_scipy_failure_raises_with_scipy_message():
     ("ode_scipy", {"method": "dopri5"}, "method='dopri5' is not one of the accepted values: 'RK45'"),
     ("ode", {"rtol": 0.0}, "rtol=0.0 must be a positive"),
     ("ode_scipy", {"atol": -1.0}, "atol=-1.0 must be a positive"),
+    ("ode", {"method": "rk4", "solver_options": {"step_size": 0.1}}, "solver_options ['step_size'] are not accepted"),
 ])
 def test_bad_options_raise(sampler, opts, needle):
     with pytest.raises(ValueError) as err:

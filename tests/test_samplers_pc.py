@@ -13,7 +13,7 @@ import torch
 
 from scoresde import EDMSDE, VESDE, VPSDE, Gaussian, GaussianMixture, SubVPSDE
 from scoresde.metrics import sliced_wasserstein
-from scoresde.random import PerSampleNoise, TensorNoise, make_seeds
+from scoresde.random import GeneratorNoise, TensorNoise
 from scoresde.samplers import get, sample
 from scoresde.samplers.langevin import langevin_corrector
 
@@ -210,7 +210,7 @@ def test_per_sample_norm_is_biased_in_two_dimensions():
     one = torch.tensor(1.0, dtype=F64)
     out = {}
     for norm in ("per_sample", "batch"):
-        noise = PerSampleNoise(make_seeds(B, seeds=range(B)))
+        noise = GeneratorNoise(torch.Generator().manual_seed(0))  # the step rule is under test, not the noise
         x = noise(torch.empty(B, 2, dtype=F64)) * math.sqrt(v)
         for _ in range(300):
             x = langevin_corrector(m, x, t, one, noise, snr=0.1, norm=norm)
@@ -298,7 +298,7 @@ def test_ald_level_targets_p_t_on_every_linear_sde(sde):
     h = 0.2 * sig**2  # eps = 0.2 sigma_L^2 (NCSN's 2e-5 at sigma_L = 0.01); the last level's step is eps
     B = 4000
     r = sample(g.model(sde), sde, (B, 2), "ald", 1, schedule=ts, eps=float(h), n_steps_each=200, dtype=F64,
-               denoise=False, generator=torch.Generator().manual_seed(0))
+               denoise=False, noise=torch.Generator().manual_seed(0))
     v = a**2 * s2 + sig**2
     v_ula = v / (1 - h / (2 * v))
     # 200 steps of relative size h / v >= 0.2 sigma^2 / v > 0.04 mix to e^-8; then 4 standard errors:

@@ -68,8 +68,12 @@ def ode(model, sde: LinearSDE, x, ts, *, noise, callback, method: str = "dopri5"
     opts: dict[str, Any] = dict(solver_options or {})
     drift = _Drift(model, sde, callback)
     if method in FIXED_METHODS:
+        clash = sorted({"step_size", "grid_constructor"} & set(opts))
+        if clash:
+            raise ValueError(f"solver_options {clash} are not accepted for the fixed-step method {method!r}: it "
+                             "takes one step per interval of the grid ts (choose steps= and schedule= instead)")
         # One method step per interval of ts; only the end state is stored.
-        opts.setdefault("grid_constructor", lambda f, y0, t: ts)
+        opts["grid_constructor"] = lambda f, y0, t: ts
         x = torchdiffeq.odeint(drift, x, ts[[0, -1]], rtol=rtol, atol=atol, method=method, options=opts)[-1]
         callback(len(ts) - 2, x)
         return x
@@ -77,6 +81,7 @@ def ode(model, sde: LinearSDE, x, ts, *, noise, callback, method: str = "dopri5"
         # Land on ts[-1] exactly: torchdiffeq otherwise steps past the end (below t_min, even t < 0) and interpolates.
         user = as_time(opts.get("step_t", []), device=ts.device).flatten()
         opts["step_t"] = torch.unique(torch.cat([user, ts[-1:]]))
+    # A plain function (no callback_step): adaptive steps are not grid steps; one callback at the end.
     x = torchdiffeq.odeint(lambda t, y: drift(t, y), x, ts[[0, -1]], rtol=rtol, atol=atol, method=method,
                            options=opts)[-1]
     callback(0, x)
