@@ -113,9 +113,10 @@ def ddim_coefficients(sde: LinearSDE, ts: Tensor, *, eta: float = 0.0) -> Coeffi
     alpha, sigma, h = _grid(sde, ts, "ddim")
     k_eps, sig_eta = _ddim_scales(sigma, h, eta)
     a = k_eps / sigma[:-1]
-    # b = alpha_next (1 - e^{-h} sqrt(1 - frac)), written without cancellation.
-    root = k_eps / sigma[1:]
-    b = alpha[1:] * (-torch.expm1(-h) + torch.exp(-h) * (1.0 - root**2) / (1.0 + root))
+    # b = alpha_next (1 - e^{-h} sqrt(1 - frac)) with frac = (sigma_eta/sigma_next)^2, written
+    # without cancellation: 1 - e^{-h} sqrt(1 - frac) = (1 - e^{-h}) + e^{-h} frac / (1 + sqrt(1 - frac)).
+    frac = eta**2 * -torch.expm1(-2.0 * h)
+    b = alpha[1:] * (-torch.expm1(-h) + torch.exp(-h) * frac / (1.0 + torch.sqrt(1.0 - frac)))
     return make_table("ddim", sde, ts, a, b, sig_eta if eta > 0 else None)
 
 
