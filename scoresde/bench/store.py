@@ -26,9 +26,9 @@ __all__ = ["ResultStore", "read_jsonl", "merge_shards", "dedupe", "CSV_COLUMNS"]
 
 #: Leading CSV columns (in this order); metric columns and anything else follow, sorted.
 CSV_COLUMNS = (
-    "key", "status", "problem", "sampler", "label", "options", "steps", "seed", "n", "batch",
-    "nfe", "nfe_calls", "wall_s", "wall_total_s", "samples_per_s", "net_eval_s", "overhead",
-    "peak_mem_mb", "mem_method", "device", "dtype",
+    "key", "status", "problem", "sampler", "label", "series", "options", "steps", "seed", "n", "batch",
+    "nfe", "nfe_calls", "wall_s", "wall_min_s", "timed_runs", "loop_s", "samples_per_s", "net_eval_s", "overhead",
+    "peak_mem_mb", "mem_method", "device", "dtype", "threads",
 )
 
 
