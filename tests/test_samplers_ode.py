@@ -41,11 +41,11 @@ def test_fixed_methods_converge_with_their_order(sde, method):
         errs.append(err)
     # Fit log-error vs log-steps over the points above the float64 floor (1e-11 here: the state is O(1)-O(3)
     # and each step loses a few ulps).
-    pts = [(math.log(n), math.log(e)) for n, e in zip(steps, errs) if e > 1e-11]
+    pts = [(math.log(n), math.log(e)) for n, e in zip(steps, errs, strict=True) if e > 1e-11]
     assert len(pts) >= 3, errs
-    xs, ys = zip(*pts)
+    xs, ys = zip(*pts, strict=True)
     xm, ym = sum(xs) / len(xs), sum(ys) / len(ys)
-    slope = -sum((x - xm) * (y - ym) for x, y in zip(xs, ys)) / sum((x - xm) ** 2 for x in xs)
+    slope = -sum((x - xm) * (y - ym) for x, y in zip(xs, ys, strict=True)) / sum((x - xm) ** 2 for x in xs)
     # Measured (VP, sub-VP): euler 1.07, 1.09; midpoint 2.00, 1.94; heun2 2.00, 2.08; heun3 2.92, 3.09; rk4 3.88, 4.18;
     # 0.25 leaves room for the pre-asymptotic bend at 8 steps, not for a wrong order (1 apart).
     assert abs(slope - ODE_METHOD_ORDER[method]) < 0.25, (slope, errs)

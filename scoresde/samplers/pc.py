@@ -62,7 +62,7 @@ def _predictor_loop(step, model, sde, x, ts, noise, callback):
 @register("euler_maruyama", kind="sde", order=0.5, stochastic=True, nfe_per_step="1", default_steps=1000,
           paper="Song et al. 2021, App. E (EulerMaruyamaPredictor)")
 def euler_maruyama(model, sde: LinearSDE, x, ts, *, noise, callback):
-    """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, Eq. 6); strong order 1/2 (1 for additive noise), 1 NFE per step."""
+    """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, Eq. 6); strong order 1/2 (1 if additive), 1 NFE per step."""
     return _predictor_loop(euler_maruyama_step, model, sde, x, ts, noise, callback)
 
 
