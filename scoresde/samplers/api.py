@@ -121,9 +121,10 @@ def sample(
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype; got {dtype}")
 
-    steps = spec.default_steps if steps is None else steps
-    ts = make_grid(sde, steps, spec.default_schedule if schedule is None else schedule,
-                   rho=rho, t_min=t_min, T=T, device=device)
+    schedule = spec.default_schedule if schedule is None else schedule
+    if steps is None and isinstance(schedule, str):
+        steps = spec.default_steps  # an explicit grid fixes its own step count
+    ts = make_grid(sde, steps, schedule, rho=rho, t_min=t_min, T=T, device=device)
 
     # Noise: one seed per sample by default.
     used_seeds = None

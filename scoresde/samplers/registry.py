@@ -43,7 +43,9 @@ class SamplerSpec:
     default_steps: int = 100
     default_schedule: str = "uniform"
     exact_for_point_mass: bool = False  # exponential integrators: exact PF solution for point masses
-    coefficients: Callable[..., Any] | None = None  # optional table of linear-update coefficients
+    # Optional table of linear-update coefficients: coefficients(sde, ts, **options) -> CoefficientTable
+    # (scoresde.samplers.tables), checked when built; run_table(model, sde, x, ts, table, noise) replays it.
+    coefficients: Callable[..., Any] | None = None
     paper: str = ""
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -55,7 +57,7 @@ class SamplerSpec:
     def check_sde(self, sde: LinearSDE) -> None:
         for attr in self.needs:
             if not callable(getattr(sde, attr, None)):
-                usable = [s.name for s in _REGISTRY.values() if not s.needs]
+                usable = [s.name for s in _REGISTRY.values() if all(callable(getattr(sde, a, None)) for a in s.needs)]
                 raise ValueError(
                     f"sampler {self.name!r} needs sde.{attr}, which {type(sde).__name__} does not define "
                     f"(define it, or use one of: {', '.join(usable)})"
