@@ -43,13 +43,13 @@ class DigitsConfig:
     """Everything that determines the trained weights (hashed into the cache file name)."""
 
     seed: int = 0
-    epochs: int = 15
-    batch_size: int = 64
-    lr: float = 2e-3
+    epochs: int = 20
+    batch_size: int = 128
+    lr: float = 4e-3
     weight_decay: float = 1e-4
     test_fraction: float = 0.2
     split_seed: int = 0
-    channels: tuple[int, int] = (16, 32)
+    channels: tuple[int, int] = (8, 16)
     features: int = 64
     version: int = 1  # bump when the architecture or training loop changes
 
@@ -61,7 +61,7 @@ class DigitsConfig:
 class DigitsCNN(nn.Module):
     """conv3x3(1->c1) ReLU conv3x3(c1->c2) ReLU maxpool2 -> linear(c2*16 -> F) ReLU [features] -> linear(F -> 10)."""
 
-    def __init__(self, channels: tuple[int, int] = (16, 32), features: int = 64):
+    def __init__(self, channels: tuple[int, int] = (8, 16), features: int = 64):
         super().__init__()
         c1, c2 = channels
         self.body = nn.Sequential(

@@ -119,9 +119,9 @@ def dequantize(
 
     ``y = lo + (hi - lo) (x_int + u) / 2^bits`` with ``u ~ U[0, 1)^D`` (per-sample Philox streams:
     ``seeds`` (B,) int64 if given, else drawn from ``generator``). Returns ``(y, offset)`` with
-    ``offset = D log((hi - lo) / 2^bits)`` (B,) float64: the log-Jacobian term to ADD to the continuous log-density log p(y) to get the
-    Jensen lower bound on the discrete log-likelihood, ``log P(x_int) >= E_u[log p(y)] + offset``
-    (for 8 bits in [-1, 1]: ``-7 D log 2``, i.e. +7 bits/dim).
+    ``offset = D log((hi - lo) / 2^bits)`` (B,) float64: the log-Jacobian term to ADD to the
+    continuous log-density log p(y) to get the Jensen lower bound on the discrete log-likelihood,
+    ``log P(x_int) >= E_u[log p(y)] + offset`` (8 bits in [-1, 1]: ``-7 D log 2``, i.e. +7 bits/dim).
     """
     if not isinstance(x_int, Tensor) or x_int.ndim < 2:
         raise ValueError(f"x_int must be a tensor of shape (B, *D); got {getattr(x_int, 'shape', type(x_int).__name__)}")

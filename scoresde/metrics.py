@@ -424,7 +424,8 @@ def compare(
             out[name] = _compare_model_metric(name, x, reference, n, repeats, g)
             continue
         else:
-            raise ValueError(f"metrics: {name!r} is not one of the accepted values: {', '.join(list(METRICS) + list(MODEL_METRICS))}")
+            accepted = ", ".join(list(METRICS) + list(MODEL_METRICS))
+            raise ValueError(f"metrics: {name!r} is not one of the accepted values: {accepted}")
         pairs = _reference_pairs(reference, n, repeats, g)
         if fn is mmd:
             h = median_bandwidth(*pairs[0])
