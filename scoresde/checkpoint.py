@@ -156,8 +156,11 @@ def save_run_checkpoint(run_dir: str | os.PathLike, step: int, *, keep: int = 2,
     name = f"step-{int(step):07d}"
     if run_dir.is_dir():  # leftovers of a writer killed mid-write (only one process writes a run folder)
         for junk in run_dir.iterdir():
-            if junk.name.startswith((".tmp-step-", ".old-step-")):
-                shutil.rmtree(junk, ignore_errors=True)
+            if junk.name.startswith((".tmp-", ".old-step-")):
+                if junk.is_dir():
+                    shutil.rmtree(junk, ignore_errors=True)
+                else:
+                    junk.unlink(missing_ok=True)
     out = save_checkpoint(run_dir / name, **kwargs)
     atomic_write_bytes(run_dir / LATEST, (name + "\n").encode())
     if keep > 0:
