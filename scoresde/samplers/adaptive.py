@@ -100,12 +100,14 @@ def adaptive_sde(model, sde: LinearSDE, x, ts, *, noise, callback, abstol=0.0078
         # Scaled error: tolerance max(abstol, reltol max(|x_check|, |x_prev|)), one norm per sample.
         delta = torch.maximum(reltol * torch.maximum(x_check.abs(), x_prev.abs()), torch.full_like(x, abstol))
         err = _scaled_norm(E / delta, norm)
-        # Accept or reject per sample, then the new step (err floored so that E = 0 gives the largest step).
+        # Accept or reject per sample, then the new step h <- min(t - t_end, safety h err^-exp); err is
+        # floored so that E = 0 gives the largest step, and the power is exp(log): torch's vectorised
+        # and scalar pow differ in the last bit, which would make sample i depend on the batch size.
         ok = active & (err <= 1.0)
         ok_ = append_dims(ok, x.ndim)
         x, x_prev = torch.where(ok_, x_new, x), torch.where(ok_, x_check, x_prev)
         t = torch.where(ok, t_next, t)
-        h = torch.minimum(t - t_end, safety * h * err.clamp_min(1e-10) ** -exp)
+        h = torch.minimum(t - t_end, safety * h * torch.exp(-exp * torch.log(err.clamp_min(1e-10))))
         attempts, accepted = attempts + active, accepted + ok
         it += 1
         callback(it - 1, x)
