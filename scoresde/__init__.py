@@ -1,13 +1,15 @@
 """scoresde: score-based generative modelling in the SDE view (Song et al., 2021).
 
-Public API (stable): the linear SDEs, the score-model wrapper and the exact models.
+Public API (stable): the linear SDEs, the score-model wrapper, the exact models, the sampler
+front door, the PF-ODE likelihood, and the metrics module.
 """
 
-from . import samplers
+from . import metrics, samplers
 from .exact import Gaussian, GaussianMixture
+from .likelihood import LikelihoodResult, log_likelihood
 from .model import NonFiniteError, Prediction, ScoreModel
 from .samplers import SampleResult, sample
-from .sde import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
+from .sde import EDMSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
 
 __version__ = "0.1.0"
 
@@ -25,4 +27,7 @@ __all__ = [
     "sample",
     "SampleResult",
     "samplers",
+    "log_likelihood",
+    "LikelihoodResult",
+    "metrics",
 ]
