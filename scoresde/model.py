@@ -18,6 +18,7 @@ This file is the only home of these conversions.
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -144,6 +145,7 @@ class ScoreModel(nn.Module):
         self.sigma_data = float(sigma_data)
         self.check_finite = check_finite
         self.nfe = 0
+        self._deferred: list | None = None
 
     def reset_nfe(self) -> None:
         self.nfe = 0
@@ -196,15 +198,33 @@ class ScoreModel(nn.Module):
         self._check_shape(out, x)
         out = out.to(x.dtype)
         self.nfe += 1
-        if self.check_finite and not bool(torch.isfinite(out).all()):
-            tt = t.detach().cpu()
-            raise NonFiniteError(
-                f"the model returned NaN or Inf at network evaluation #{self.nfe} "
-                f"(t in [{float(tt.min()):.6g}, {float(tt.max()):.6g}])",
-                t=float(tt.max()),
-                call=self.nfe,
-            )
+        if self._deferred is not None:
+            # No host sync: keep a device flag per call, inspected when the deferred block ends.
+            self._deferred.append((self.nfe, ~torch.isfinite(out).all(), t.detach().min(), t.detach().max()))
+        elif self.check_finite and not bool(torch.isfinite(out).all()):
+            raise _non_finite(self.nfe, t.detach().min(), t.detach().max())
         return Prediction(x=x, t=t, alpha=alpha, sigma=sigma, kind=kind, out=out)
+
+    @contextlib.contextmanager
+    def deferred_finite_check(self):
+        """Check outputs for NaN/Inf without a host sync per call; raise at the end of the block.
+
+        Used by samplers on GPU: the error still names the first bad evaluation and its t.
+        """
+        if self._deferred is not None or not self.check_finite:
+            yield
+            return
+        self._deferred = []
+        try:
+            yield
+            records = self._deferred
+        finally:
+            self._deferred = None
+        if records:
+            flags = torch.stack([r[1] for r in records]).cpu()
+            if bool(flags.any()):
+                call, _, tmin, tmax = records[int(torch.nonzero(flags)[0])]
+                raise _non_finite(call, tmin, tmax)
 
     @staticmethod
     def _check_shape(out: Any, x: Tensor) -> None:
@@ -222,6 +242,13 @@ class ScoreModel(nn.Module):
             "noise_input": self.noise_input,
             "sigma_data": self.sigma_data,
         }
+
+
+def _non_finite(call: int, tmin: Tensor, tmax: Tensor) -> NonFiniteError:
+    lo, hi = float(tmin), float(tmax)
+    return NonFiniteError(
+        f"the model returned NaN or Inf at network evaluation #{call} (t in [{lo:.6g}, {hi:.6g}])", t=hi, call=call
+    )
 
 
 def _net_dtype(net: Any, default: torch.dtype) -> torch.dtype:

@@ -143,3 +143,16 @@ def test_bad_inputs():
     with pytest.raises(ValueError, match="was built for"):
         as_model(ScoreModel(lambda x, t: x, VESDE()), sde)
     assert isinstance(as_model(lambda x, t: x, sde), ScoreModel)
+
+
+def test_deferred_finite_check_names_the_first_bad_call():
+    sde = VPSDE()
+    m = ScoreModel(lambda x, t: x / (t[:, None] - 0.5), sde)  # Inf where t == 0.5
+    with pytest.raises(NonFiniteError, match=r"evaluation #2 \(t in \[0.5, 0.5\]\)") as info:
+        with m.deferred_finite_check():
+            m(torch.ones(2, 2), 0.9)  # fine: no error raised inside the block
+            m(torch.ones(2, 2), 0.5)
+            m(torch.ones(2, 2), 0.5)
+    assert info.value.call == 2 and info.value.t == 0.5
+    with m.deferred_finite_check():  # all finite: no error
+        m(torch.ones(2, 2), 0.9)

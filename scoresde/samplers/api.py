@@ -7,6 +7,7 @@ sampler function holds only its paper's loop.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -168,8 +169,11 @@ def sample(
     _sync(device)
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
+    # On GPU the NaN/Inf check is deferred to the end (no host sync per network call).
+    check = score_model.deferred_finite_check() if device.type != "cpu" else contextlib.nullcontext()
     try:
-        out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **options)
+        with check:
+            out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **options)
         if isinstance(out, tuple):
             x, extra = out
         else:
