@@ -67,7 +67,7 @@ class CheckpointError(ValueError):
 class LoadedCheckpoint:
     """What :func:`load_checkpoint` returns."""
 
-    model: ScoreModel  # in eval mode, EMA weights unless ema=False
+    model: ScoreModel  # eval mode, frozen weights; EMA weights unless ema=False
     sde: LinearSDE
     scaler: Any  # the data scaler (model space <-> data space), None if the run had none
     config: dict  # config.json
@@ -403,8 +403,9 @@ def scaler_from_config(cfg: Any, where: str = CONFIG_FILE) -> Any:
 def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | None = None, ema: bool = True) -> LoadedCheckpoint:
     """Load a checkpoint folder (or a run folder's latest) without executing any stored code.
 
-    Returns a :class:`LoadedCheckpoint` whose ``model`` is a :class:`ScoreModel` in eval mode on
-    ``device`` (default CPU), holding the EMA weights (``ema=False``: the raw trained weights).
+    Returns a :class:`LoadedCheckpoint` whose ``model`` is a :class:`ScoreModel` in eval mode with
+    frozen weights (``requires_grad=False``) on ``device`` (default CPU), holding the EMA weights
+    (``ema=False``: the raw trained weights).
     """
     ckpt = resolve_checkpoint(path)
     state = _read_json(ckpt / STATE_FILE)
@@ -428,7 +429,9 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | Non
                            noise_input=mcfg.get("noise_input", "t"), sigma_data=mcfg.get("sigma_data", 0.5))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: bad ScoreModel config {mcfg!r}: {err}") from None
-    model.to(torch.device(device) if device is not None else torch.device("cpu")).eval()
+    # an inference model: eval mode, weights frozen (no autograd graph through them when sampling;
+    # gradients with respect to x, as in the likelihood, still work). Trainer.resume unfreezes.
+    model.to(torch.device(device) if device is not None else torch.device("cpu")).eval().requires_grad_(False)
     scaler = scaler_from_config(config.get("scaler"), where)
     return LoadedCheckpoint(model=model, sde=sde, scaler=scaler, config=config, state=state, path=ckpt, tensors=tensors)
 

@@ -445,6 +445,7 @@ class Trainer:
         ``out`` defaults to the run folder the checkpoint lives in.
         """
         ck = ckpt_mod.load_checkpoint(path, ema=False)
+        ck.model.requires_grad_(True).train()  # the loader returns a frozen inference model
         cfg_dict = dict(ck.config.get("train") or {})
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
         if unknown:
@@ -534,7 +535,7 @@ def _image_grid_figure(plt, x: Tensor):
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
     lo, hi = float(x.min()), float(x.max())
-    grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), lo)
+    grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), lo + 0.35 * (hi - lo))  # grey separators
     for i in range(n):
         r, q = divmod(i, cols)
         grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i]
