@@ -40,7 +40,8 @@ from ._utils import check_choice
 from .model import NonFiniteError, ScoreModel
 from .sde import LinearSDE
 
-__all__ = ["TrainConfig", "Trainer", "train_points", "default_parameterization", "save_sample_figure", "global_batch"]
+__all__ = ["TrainConfig", "Trainer", "train_points", "default_parameterization", "data_std", "save_sample_figure",
+           "global_batch"]
 
 AMP_MODES = ("none", "bf16", "fp16")
 
@@ -95,6 +96,14 @@ def default_parameterization(sde: LinearSDE) -> tuple[str, str]:
     if type(sde).__name__ in ("VESDE", "EDMSDE"):
         return "edm", "edm"
     return "eps", "t"
+
+
+def data_std(x: Tensor) -> float:
+    """EDM's sigma_data for a data set: the standard deviation of all its values, to 3 significant digits."""
+    s = float(x.double().std())
+    if not (s > 0 and math.isfinite(s)):
+        raise ValueError(f"cannot take sigma_data from data with standard deviation {s}")
+    return float(f"{s:.3g}")
 
 
 def _mix(*parts: Any) -> int:
@@ -486,14 +495,21 @@ def _copy_module(net: nn.Module) -> nn.Module:
 def train_points(data: Tensor, sde: LinearSDE, *, steps: int = 3000, seed: int = 0, out: str | None = None,
                  batch_size: int = 512, lr: float = 2e-3, hidden: int = 256, depth: int = 3,
                  progress: bool | None = None, **config: Any) -> ScoreModel:
-    """Train an MLP score model on points ``data`` (N, D); returns the EMA model (eval mode)."""
+    """Train an MLP score model on points ``data`` (N, D); returns the EMA model (eval mode).
+
+    The parameterisation is :func:`default_parameterization` (EDM preconditioning for VE/EDM, with
+    ``sigma_data`` = the data's std); the loss ``edm`` for it, else ``dsm``.
+    """
     from .nets import build_net
 
     torch.manual_seed(seed)
     param, noise_input = default_parameterization(sde)
     net = build_net("mlp", dim=data.shape[1], hidden=hidden, depth=depth)
-    model = ScoreModel(net, sde, param, noise_input=noise_input)
+    sigma_data = data_std(data)
+    model = ScoreModel(net, sde, param, noise_input=noise_input, sigma_data=sigma_data)
     loss = config.pop("loss", "edm" if param == "edm" else "dsm")
+    if loss == "edm":
+        config["loss_kwargs"] = {"sigma_data": sigma_data, **config.get("loss_kwargs", {})}
     cfg = TrainConfig(steps=steps, batch_size=batch_size, lr=lr, seed=seed, loss=loss, progress=progress,
                       ckpt_every=0, verbose=False, **config)
     trainer = Trainer(model, data, cfg, out=out, net_name="mlp")

@@ -129,6 +129,8 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert _cli("train", "--data", "nope", "--out", tmp_path / "r", "--steps", 1) == 2
     assert "dataset 'nope' is neither a built-in dataset" in capsys.readouterr().err
+    assert _cli("train", "--data", "ring8", "--sde", "ve", "--sigma-data", "-1", "--out", tmp_path / "r") == 2
+    assert "--sigma-data must be 'auto' or a positive number; got '-1'" in capsys.readouterr().err
     run = tmp_path / "run"
     tiny = ["train", "--data", "moons", "--n-data", 64, "--net-kwargs", '{"hidden": 8, "depth": 1}', "--steps", 2,
             "--batch-size", 32, "--out", run, "--quiet", "--no-progress"]

@@ -71,7 +71,8 @@ def add_arguments(p) -> None:
                    help="what the net predicts (auto: eps for vp/subvp, edm-preconditioned for ve/edm)")
     g.add_argument("--noise-input", default="auto", choices=["auto", *noise_inputs],
                    help="what the net receives as c_noise (auto: t for eps, ln(sigma)/4 for edm)")
-    g.add_argument("--sigma-data", type=float, default=0.5, help="EDM's data std (param edm and loss edm)")
+    g.add_argument("--sigma-data", default="auto",
+                   help="EDM's data std (param edm and loss edm); auto: the std of the training data in model space")
 
     g = p.add_argument_group("loss")
     g.add_argument("--loss", default="auto", choices=["auto", *losses], help="auto: edm for --param edm, else dsm")
@@ -145,13 +146,23 @@ def _train_config(args):
     ), TrainConfig
 
 
+def _positive(name: str, text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and math.isfinite(value)):
+        raise ValueError(f"{name} must be 'auto' or a positive number; got {text!r}")
+    return value
+
+
 def _fresh_trainer(args):
     import torch
 
     from scoresde.data import load_dataset
     from scoresde.model import ScoreModel
     from scoresde.nets import build_net
-    from scoresde.train import Trainer, default_parameterization
+    from scoresde.train import Trainer, data_std, default_parameterization
 
     cfg_kw, TrainConfig = _train_config(args)
     dataset = load_dataset(args.data, n=args.n_data, seed=args.data_seed)
@@ -165,11 +176,12 @@ def _fresh_trainer(args):
         loss_kwargs["weighting"] = args.weighting
     if args.importance_sampling:
         loss_kwargs["importance_sampling"] = True
+    sigma_data = data_std(dataset.x) if args.sigma_data == "auto" else _positive("--sigma-data", args.sigma_data)
     if loss == "edm" and "sigma_data" not in loss_kwargs:
-        loss_kwargs["sigma_data"] = args.sigma_data
+        loss_kwargs["sigma_data"] = sigma_data
     torch.manual_seed(args.seed)  # the initial weights
     net = build_net(args.net, **_net_kwargs(args, dataset))
-    model = ScoreModel(net, sde, param, noise_input=noise_input, sigma_data=args.sigma_data)
+    model = ScoreModel(net, sde, param, noise_input=noise_input, sigma_data=sigma_data)
     cfg = TrainConfig(loss=loss, loss_kwargs=loss_kwargs, **cfg_kw)
     return Trainer(model, dataset, cfg, out=args.out, net_name=args.net, cond=args.conditional)
 
