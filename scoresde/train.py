@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import hashlib
 import math
 import os
@@ -118,8 +119,12 @@ def global_batch(step: int, n: int, batch_size: int, seed: int) -> Tensor:
     if per_epoch < 1:
         raise ValueError(f"batch_size={batch_size} is larger than the data set ({n} examples)")
     epoch, pos = divmod(int(step), per_epoch)
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, "data", epoch)))
-    return perm[pos * batch_size:(pos + 1) * batch_size]
+    return _epoch_perm(n, seed, epoch)[pos * batch_size:(pos + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_perm(n: int, seed: int, epoch: int) -> Tensor:
+    return torch.randperm(n, generator=torch.Generator().manual_seed(_mix(seed, "data", epoch)))
 
 
 class _TensorData:
