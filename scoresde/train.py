@@ -42,7 +42,7 @@ from .model import NonFiniteError, ScoreModel
 from .sde import LinearSDE
 
 __all__ = ["TrainConfig", "Trainer", "train_points", "default_parameterization", "data_std", "save_sample_figure",
-           "global_batch"]
+           "image_range", "global_batch"]
 
 AMP_MODES = ("none", "bf16", "fp16")
 
@@ -416,7 +416,9 @@ class Trainer:
         if scaler is not None:
             x = scaler.from_model(x)
         path = self.out / "snapshots" / f"step-{self.step:07d}.png"
-        save_sample_figure(x, path, title=f"step {self.step}: {cfg.snapshot_sampler}, {cfg.snapshot_steps} steps (EMA)")
+        vr = image_range(scaler, tuple(x.shape[1:])) if x.ndim == 4 else None
+        save_sample_figure(x, path, title=f"step {self.step}: {cfg.snapshot_sampler}, {cfg.snapshot_steps} steps (EMA)",
+                           value_range=vr)
         return path
 
     # ------------------------------------------------------------------------------------- resume
@@ -522,8 +524,21 @@ def train_points(data: Tensor, sde: LinearSDE, *, steps: int = 3000, seed: int =
     return trainer.ema_model()
 
 
-def save_sample_figure(x: Tensor, path: str | os.PathLike, *, title: str | None = None) -> Path:
-    """A PNG of samples in data space: scatter for (N, 2) points, a grid for (N, C, H, W) images."""
+def image_range(scaler: Any, shape: tuple[int, ...]) -> tuple[float, float]:
+    """The data-space value range of images whose model space is [-1, 1] (the convention of
+    :mod:`scoresde.data`), through ``scaler`` (None: [-1, 1])."""
+    ends = torch.stack([-torch.ones(shape), torch.ones(shape)])
+    if scaler is not None:
+        ends = scaler.from_model(ends)
+    return float(ends.min()), float(ends.max())
+
+
+def save_sample_figure(x: Tensor, path: str | os.PathLike, *, title: str | None = None,
+                       value_range: tuple[float, float] | None = None) -> Path:
+    """A PNG of samples in data space: scatter for (N, 2) points, a grid for (N, C, H, W) images.
+
+    Images are shown clipped to ``value_range`` (default: the 0.5% and 99.5% quantiles of x).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -533,7 +548,11 @@ def save_sample_figure(x: Tensor, path: str | os.PathLike, *, title: str | None 
     path.parent.mkdir(parents=True, exist_ok=True)
     x = x.detach().float().cpu()
     if x.ndim == 4:
-        fig = _image_grid_figure(plt, x)
+        if value_range is None:
+            q = torch.quantile(x.flatten()[:1_000_000].double(), torch.tensor([0.005, 0.995], dtype=torch.float64))
+            value_range = (float(q[0]), float(q[1]))
+        lo, hi = value_range
+        fig = _image_grid_figure(plt, x.clamp(lo, hi), lo, max(hi, lo + 1e-12))
     else:
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] < 2:
@@ -551,18 +570,18 @@ def save_sample_figure(x: Tensor, path: str | os.PathLike, *, title: str | None 
     return path
 
 
-def _image_grid_figure(plt, x: Tensor):
+def _image_grid_figure(plt, x: Tensor, lo: float, hi: float):
     n, c, h, w = x.shape
     cols = int(math.ceil(math.sqrt(n)))
     rows = int(math.ceil(n / cols))
-    lo, hi = float(x.min()), float(x.max())
     grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), lo + 0.35 * (hi - lo))  # grey separators
     for i in range(n):
         r, q = divmod(i, cols)
         grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i]
-    img = grid[0] if c == 1 else ((grid - lo) / max(hi - lo, 1e-12)).permute(1, 2, 0).clamp(0, 1)
-    fig, ax = plt.subplots(figsize=(max(3.0, cols * 0.5), max(3.0, rows * 0.5)))
-    ax.imshow(img.numpy(), cmap="gray" if c == 1 else None, interpolation="nearest")
+    img = grid[0] if c == 1 else ((grid - lo) / (hi - lo)).permute(1, 2, 0).clamp(0, 1)
+    fig, ax = plt.subplots(figsize=(max(3.0, cols * 0.7), max(3.0, rows * 0.7)))
+    ax.imshow(img.numpy(), cmap="gray" if c == 1 else None, vmin=lo if c == 1 else None, vmax=hi if c == 1 else None,
+              interpolation="nearest")
     ax.axis("off")
     return fig
 

@@ -69,7 +69,7 @@ def run(args) -> int:
     from scoresde._utils import atomic_write_bytes
     from scoresde.checkpoint import load_checkpoint
     from scoresde.random import make_seeds
-    from scoresde.train import _pick_device, save_sample_figure
+    from scoresde.train import _pick_device, image_range, save_sample_figure
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -119,7 +119,9 @@ def run(args) -> int:
     print(f"wrote {args.n} samples of shape {tuple(shape)} to {args.out} ({args.sampler}, {steps} steps, "
           f"{nfes[0]} NFE per batch, {wall:.2f} s)")
     if args.png:
-        save_sample_figure(x, args.png, title=f"{args.sampler}, {steps} steps, NFE {nfes[0]} (step {ck.step})")
+        vr = image_range(ck.scaler, tuple(shape)) if len(shape) == 3 else None
+        save_sample_figure(x, args.png, title=f"{args.sampler}, {steps} steps, NFE {nfes[0]} (step {ck.step})",
+                           value_range=vr)
         print(f"wrote {args.png}")
     return 0
 
