@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -139,6 +140,23 @@ def test_unet_on_digits_trains_and_resumes(tmp_path):
     b.fit()
     _assert_same_training_state(a, b)
     assert load_checkpoint(tmp_path / "u4").data_shape == (1, 8, 8)
+
+    # `scoresde sample` on the image checkpoint: the .npz holds scaler.from_model of what sample() gives
+    from scoresde import sample
+    from scoresde.checkpoint import load_model
+    from scoresde.cli import main
+    from scoresde.random import make_seeds
+
+    npz, png = tmp_path / "d.npz", tmp_path / "d.png"
+    assert main(["sample", "--checkpoint", str(tmp_path / "u4"), "--sampler", "ddim", "--steps", "3", "-n", "6",
+                 "--seed", "4", "--out", str(npz), "--png", str(png)]) == 0
+    model, sde, scaler = load_model(tmp_path / "u4")
+    seeds = make_seeds(6, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        want = scaler.from_model(sample(model, sde, (6, 1, 8, 8), "ddim", 3, seeds=seeds).x)
+    with np.load(npz, allow_pickle=False) as z:
+        assert torch.equal(torch.from_numpy(z["samples"]), want) and torch.equal(torch.from_numpy(z["seeds"]), seeds)
+    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_train_points_returns_an_ema_model():
