@@ -281,7 +281,7 @@ class Trainer:
         ema_p = [p for p in self.ema.parameters()]
         net_p = [p.detach() for p in self.net.parameters()]
         torch._foreach_lerp_(ema_p, net_p, 1.0 - decay)
-        for b_ema, b in zip(self.ema.buffers(), self.net.buffers()):
+        for b_ema, b in zip(self.ema.buffers(), self.net.buffers(), strict=True):
             b_ema.copy_(b)
 
     # ------------------------------------------------------------------------------------- the loop

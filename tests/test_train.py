@@ -34,10 +34,10 @@ def _trainer(out=None, *, dropout=0.0, **cfg):
 
 
 def _assert_same_training_state(a: Trainer, b: Trainer) -> None:
-    for (k, v), (k2, v2) in zip(a.net.state_dict().items(), b.net.state_dict().items()):
+    for (k, v), (k2, v2) in zip(a.net.state_dict().items(), b.net.state_dict().items(), strict=True):
         assert k == k2 and torch.equal(v, v2), f"net {k}"
-    for (k, v), (k2, v2) in zip(a.ema.state_dict().items(), b.ema.state_dict().items()):
-        assert torch.equal(v, v2), f"ema {k}"
+    for (k, v), (k2, v2) in zip(a.ema.state_dict().items(), b.ema.state_dict().items(), strict=True):
+        assert k == k2 and torch.equal(v, v2), f"ema {k}"
     sa, sb = a.optimizer.state_dict(), b.optimizer.state_dict()
     for pid in sa["state"]:
         for key in sa["state"][pid]:
@@ -105,8 +105,8 @@ def test_warmup_lr_ema_and_clipping_by_hand():
             assert float(m.norm()) == pytest.approx(0.1 * clip, rel=1e-5)
         # EMA with the warm-up decay min(decay, (1 + s) / (10 + s)), applied after the step
         d = min(decay, (1 + s) / (10 + s))
-        ema = [e + (1 - d) * (p.detach() - e) for e, p in zip(ema, tr.net.parameters())]
-    for e, p in zip(ema, tr.ema.parameters()):
+        ema = [e + (1 - d) * (p.detach() - e) for e, p in zip(ema, tr.net.parameters(), strict=True)]
+    for e, p in zip(ema, tr.ema.parameters(), strict=True):
         # lerp vs the written formula differ in float32 rounding only
         torch.testing.assert_close(p, e, rtol=1e-6, atol=1e-7)
 

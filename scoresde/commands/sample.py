@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import io
 import json
-import os
 import time
 
 HELP = "draw samples from a trained checkpoint with any sampler; write .npz (data space) and a PNG"

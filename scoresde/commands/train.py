@@ -101,7 +101,8 @@ def add_arguments(p) -> None:
     g.add_argument("--snapshot-every", type=int, default=d.snapshot_every, help="PNG sample snapshot period (0 = none)")
     g.add_argument("--snapshot-sampler", default=d.snapshot_sampler, choices=sampler_names, help="sampler for snapshots")
     g.add_argument("--snapshot-steps", type=int, default=d.snapshot_steps, help="sampler steps for snapshots")
-    g.add_argument("--snapshot-n", type=int, default=d.snapshot_n, help="samples per snapshot (0: 2000 points / 64 images)")
+    g.add_argument("--snapshot-n", type=int, default=d.snapshot_n,
+                   help="samples per snapshot (0: 2000 points / 64 images)")
     g.add_argument("--log-every", type=int, default=d.log_every, help="steps per loss-history entry / log line")
     g.add_argument("--progress", action=argparse.BooleanOptionalAction, default=None,
                    help="tqdm progress bar (default: only on a terminal)")
