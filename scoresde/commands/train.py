@@ -76,7 +76,8 @@ def add_arguments(p) -> None:
 
     g = p.add_argument_group("loss")
     g.add_argument("--loss", default="auto", choices=["auto", *losses], help="auto: edm for --param edm, else dsm")
-    g.add_argument("--weighting", default=None, choices=weightings, help="dsm weighting lambda(t) (None: the loss's default, sigma2)")
+    g.add_argument("--weighting", default=None, choices=weightings,
+                   help="dsm weighting lambda(t) (None: the loss's default, sigma2)")
     g.add_argument("--importance-sampling", action="store_true", help="dsm: t ~ g^2/sigma^2 (likelihood training)")
     g.add_argument("--loss-kwargs", type=_json_arg, default={}, metavar="JSON", help="more loss options")
 
