@@ -487,11 +487,10 @@ def test_default_options_sample_a_2d_mixture(name):
     _check_distribution(name, mixture_2d(), VPSDE())
 
 
-def _cheap(names):
-    sde, gm = VPSDE(), mixture_16d()
-    return [n for n in names if _budget(SPECS[n], sde, gm.dim)[1] <= CHEAP_NFE]
-
-
-@pytest.mark.parametrize("name", _cases("distribution_16d", _cheap(NAMES)))
+@pytest.mark.parametrize("name", _cases("distribution_16d"))
 def test_default_options_sample_a_16d_mixture(name):
-    _check_distribution(name, mixture_16d(), VPSDE())
+    gm, sde = mixture_16d(), VPSDE()
+    steps, nfe = _budget(SPECS[name], sde, gm.dim)
+    if nfe > CHEAP_NFE:
+        pytest.skip(f"not a cheap sampler: {nfe} NFE at its moderate budget (the 2-D test covers it)")
+    _check_distribution(name, gm, sde)
