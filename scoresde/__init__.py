@@ -9,7 +9,7 @@ from .exact import Gaussian, GaussianMixture
 from .likelihood import LikelihoodResult, log_likelihood
 from .model import NonFiniteError, Prediction, ScoreModel
 from .samplers import SampleResult, sample
-from .sde import EDMSDE, LinearSDE, SubVPSDE, VESDE, VPSDE
+from .sde import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
 
 __version__ = "0.1.0"
 

@@ -33,7 +33,7 @@ def test_log_density_matches_scipy():
     x = gm.sample(10, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
     ref = sum(
         float(w) * multivariate_normal(m.numpy(), c.numpy()).pdf(x.numpy())
-        for w, m, c in zip(gm.weights, gm.means, gm.covariances)
+        for w, m, c in zip(gm.weights, gm.means, gm.covariances, strict=True)
     )
     assert torch.allclose(gm.log_prob(x), torch.log(torch.as_tensor(ref)), rtol=1e-10)
     sde = VPSDE()

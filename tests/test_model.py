@@ -107,7 +107,7 @@ def test_noise_inputs():
     sde = VESDE()
     got = {}
     for mode in ("t", "sigma", "log_sigma", "lambda", "edm"):
-        m = ScoreModel(lambda x, c: (got.__setitem__(mode, c), torch.zeros_like(x))[1], sde, "eps", noise_input=mode)
+        m = ScoreModel(lambda x, c, mode=mode: (got.__setitem__(mode, c), torch.zeros_like(x))[1], sde, "eps", noise_input=mode)
         m(torch.zeros(2, 1, dtype=torch.float64), 0.5)
     s = 0.01 * 5000**0.5
     assert math.isclose(float(got["t"][0]), 0.5)

@@ -7,6 +7,7 @@
 """
 
 import math
+import warnings
 
 import pytest
 import torch
@@ -352,3 +353,18 @@ def test_registry_metadata():
     assert spec.default_steps == 1000 and spec.default_schedule == "uniform"
     spec = get("ald")
     assert spec.options == {"eps": 2e-5, "n_steps_each": 100} and spec.default_steps == 9  # NCSN: L = 10, T = 100
+
+
+def test_per_sample_norm_warns_in_low_dimension():
+    # The 2-D failure the warning describes: with the exact score, some samples are thrown far out.
+    sde = VPSDE()
+    gm = GaussianMixture([0.1, 0.2, 0.3, 0.4], [[-3.0, -3.0], [-3.0, 3.0], [3.0, -3.0], [3.0, 3.0]], [0.3, 0.5, 0.4, 0.6])
+    with pytest.warns(UserWarning, match="norm='per_sample' with 2 dimension"):
+        x = sample(gm.model(sde), sde, (2000, 2), "pc", 250, generator=torch.Generator().manual_seed(0)).x
+    assert int((x.norm(dim=1) > 10).sum()) > 10  # data radius is about 6
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        x = sample(gm.model(sde), sde, (2000, 2), "pc", 250, norm="batch", generator=torch.Generator().manual_seed(0)).x
+        assert int((x.norm(dim=1) > 10).sum()) == 0
+        sample(gm.model(sde), sde, (4, 2), "pc", 3, corrector="ald")
+        sample(GaussianMixture.random(2, 16, seed=0).model(sde), sde, (4, 16), "pc", 3)

@@ -149,7 +149,8 @@ def test_prior():
         z = sde.prior_sample((4000, 3), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
         # std estimate of 12 000 draws: relative SE 0.65%; 4% is > 5 SE.
         assert abs(float(z.std()) / sde.prior_std() - 1) < 0.04
-        ref = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), torch.tensor(sde.prior_std(), dtype=torch.float64)).log_prob(z).sum(1)
+        std = torch.tensor(sde.prior_std(), dtype=torch.float64)
+        ref = torch.distributions.Normal(torch.tensor(0.0, dtype=torch.float64), std).log_prob(z).sum(1)
         assert torch.allclose(sde.prior_logp(z), ref, rtol=1e-10)
 
 

@@ -147,9 +147,9 @@ def test_unet_on_digits_trains_and_resumes(tmp_path):
     from scoresde.cli import main
     from scoresde.random import make_seeds
 
-    npz, png = tmp_path / "d.npz", tmp_path / "d.png"
+    npz, png = tmp_path / "d.npz", tmp_path / "d.png"  # the PNG goes next to the .npz by default
     assert main(["sample", "--checkpoint", str(tmp_path / "u4"), "--sampler", "ddim", "--steps", "3", "-n", "6",
-                 "--seed", "4", "--out", str(npz), "--png", str(png)]) == 0
+                 "--seed", "4", "--out", str(npz)]) == 0
     model, sde, scaler = load_model(tmp_path / "u4")
     seeds = make_seeds(6, generator=torch.Generator().manual_seed(4))
     with torch.no_grad():
@@ -157,6 +157,10 @@ def test_unet_on_digits_trains_and_resumes(tmp_path):
     with np.load(npz, allow_pickle=False) as z:
         assert torch.equal(torch.from_numpy(z["samples"]), want) and torch.equal(torch.from_numpy(z["seeds"]), seeds)
     assert png.read_bytes()[:4] == b"\x89PNG"
+    npz2 = tmp_path / "e.npz"
+    assert main(["sample", "--checkpoint", str(tmp_path / "u4"), "--sampler", "ddim", "--steps", "3", "-n", "2",
+                 "--out", str(npz2), "--no-png"]) == 0
+    assert npz2.exists() and not (tmp_path / "e.png").exists()
 
 
 def test_train_points_returns_an_ema_model():

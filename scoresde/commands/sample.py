@@ -2,10 +2,10 @@
 
 Writes an .npz with 'samples' (in data space, through the stored scaler), 'seeds' (one per
 sample: sample i does not depend on --batch-size), 'labels' (class-conditional nets) and 'meta'
-(a JSON string: sampler, steps, NFE, seed, checkpoint, timing), and optionally a PNG (scatter
-for 2-D points, a grid for images). Example:
+(a JSON string: sampler, steps, NFE, seed, checkpoint, timing), and a PNG next to it (scatter
+for 2-D points, a grid for images; --png PATH elsewhere, --no-png none). Example:
 
-    scoresde sample --checkpoint runs/moons --sampler dpmpp_2m --steps 20 -n 2000 --out moons.npz --png moons.png
+    scoresde sample --checkpoint runs/moons --sampler dpmpp_2m --steps 20 -n 2000 --out moons.npz   # + moons.png
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import io
 import json
+import os
 import time
 
 HELP = "draw samples from a trained checkpoint with any sampler; write .npz (data space) and a PNG"
@@ -45,7 +46,9 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, default=None, help="grid intervals (default: the sampler's)")
     p.add_argument("-n", type=int, default=1000, help="number of samples")
     p.add_argument("--out", required=True, help="the .npz file to write")
-    p.add_argument("--png", default=None, help="also write a PNG (scatter for 2-D, image grid for images)")
+    p.add_argument("--png", default=None,
+                   help="the PNG to write (scatter for 2-D, image grid for images; default: OUT with .png)")
+    p.add_argument("--no-png", action="store_true", help="write only the .npz")
     p.add_argument("--seed", type=int, default=0, help="seed of the per-sample seeds")
     p.add_argument("--batch-size", type=int, default=0, help="samples per batch (0: all at once)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
@@ -117,11 +120,12 @@ def run(args) -> int:
     atomic_write_bytes(args.out, buf.getvalue())
     print(f"wrote {args.n} samples of shape {tuple(shape)} to {args.out} ({args.sampler}, {steps} steps, "
           f"{nfes[0]} NFE per batch, {wall:.2f} s)")
-    if args.png:
+    png = None if args.no_png else (args.png or os.path.splitext(args.out)[0] + ".png")
+    if png:
         vr = image_range(ck.scaler, tuple(shape)) if len(shape) == 3 else None
-        save_sample_figure(x, args.png, title=f"{args.sampler}, {steps} steps, NFE {nfes[0]} (step {ck.step})",
+        save_sample_figure(x, png, title=f"{args.sampler}, {steps} steps, NFE {nfes[0]} (step {ck.step})",
                            value_range=vr)
-        print(f"wrote {args.png}")
+        print(f"wrote {png}")
     return 0
 
 

@@ -8,6 +8,7 @@ used both by its own registered sampler (``euler_maruyama``, ``reverse_diffusion
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
 
@@ -49,6 +50,7 @@ PREDICTORS = {
     "none": None,
 }
 CORRECTORS = ("langevin", "ald", "none")
+LOW_DIM = 16  # below this many dimensions per sample, pc warns about norm='per_sample' (measured: docs/samplers.md)
 
 
 def _predictor_loop(step, model, sde, x, ts, noise, callback):
@@ -103,6 +105,13 @@ def pc(model, sde: LinearSDE, x, ts, *, noise, callback, predictor: str = "rever
        corrector_first: bool = False):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1); 1 + n_corrector_steps NFE per step."""
     _check_pc(predictor, corrector, snr, n_corrector_steps, norm, corrector_first)
+    dim = math.prod(x.shape[1:])
+    if corrector == "langevin" and norm == "per_sample" and dim < LOW_DIM:
+        warnings.warn(
+            f"pc: norm='per_sample' with {dim} dimension(s) per sample: the per-sample Langevin step "
+            "2 alpha (snr ||z|| / ||score||)^2 is heavy-tailed in low dimension and biased, and can throw samples "
+            "far out (2-D mixture, exact score: about 2% of samples); use norm='batch' (score_sde's rule) "
+            "or corrector='ald' (see docs/samplers.md)", UserWarning, stacklevel=3)
     predict = PREDICTORS[predictor]
     # alpha_i = a^2 of each step's transition (1 - beta_i on VP, 1 on VE), float64, before the loop.
     alphas = sde.transition(ts[1:], ts[:-1])[0] ** 2
