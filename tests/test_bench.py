@@ -10,6 +10,10 @@ import csv
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -191,6 +195,37 @@ def test_shards_partition_and_merge(tmp_path):
     for r in single:  # the split does not change any result
         assert by_key[r["key"]]["sw2"] == r["sw2"]
     assert run_sweep(sweep, out, progress=False, report=False)["ran"] == 0
+
+
+def test_torchrun_two_ranks_give_the_single_process_results(tmp_path):
+    """A real 2-process torchrun sweep (gloo, CPU) through the CLI: rank 0 merges the shards, and
+    every cell equals the single-process run's (per-sample seeds: the split changes nothing), so
+    the comparison is exact, not within noise."""
+    common = ["bench", "--samplers", "ddim,euler_maruyama", "--steps", "2,3", "-n", "100", "--seeds", "0,1",
+              "--metrics", "sw2", "--floor-repeats", "2", "--min-time", "0", "--no-progress", "--device", "cpu"]
+    one, two = str(tmp_path / "one"), str(tmp_path / "two")
+    assert main(common + ["--out", one]) == 0
+    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(root)}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "scoresde",
+           *common, "--out", two]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)  # its own process group: a hang kills the workers too
+    try:
+        log, _ = proc.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    assert proc.returncode == 0, log[-5000:]
+    assert not [f for f in os.listdir(two) if f.startswith("results.rank")]  # the shards were merged
+    merged = {r["key"]: r for r in read_jsonl(os.path.join(two, "results.jsonl"))[0]}
+    single = {r["key"]: r for r in read_jsonl(os.path.join(one, "results.jsonl"))[0]}
+    assert sorted(merged) == sorted(single) and len(single) == 8
+    assert sorted(r["rank"] for r in merged.values()) == [0, 0, 0, 0, 1, 1, 1, 1]
+    for k, r in single.items():
+        assert merged[k]["sw2"] == r["sw2"] and merged[k]["nfe"] == r["nfe"]
+    assert os.path.exists(os.path.join(two, "table.md"))
 
 
 def test_cli_help_and_a_small_resumable_run(tmp_path, capsys):
