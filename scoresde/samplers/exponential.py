@@ -28,10 +28,11 @@ from ..sde import LinearSDE
 from .registry import register
 from .tables import CoefficientTable, make_table
 
-__all__ = ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "phi", "SOLVER_TYPES", "UNIPC_VARIANTS"]
+__all__ = ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "phi", "SOLVER_TYPES", "UNIPC_VARIANTS", "FIRST_STEPS"]
 
 SOLVER_TYPES = ("dpmsolver", "taylor")
 UNIPC_VARIANTS = ("bh1", "bh2")
+FIRST_STEPS = ("ddim", "midpoint")  # dpmpp_3m
 UNIPC_ORDERS = (1, 2, 3)
 
 
@@ -197,10 +198,15 @@ def dpmpp_2m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
 
 
 def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
-                          lower_order_final: bool = True, reference_d2: bool = False) -> CoefficientTable:
-    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`)."""
+                          lower_order_final: bool = True, reference_d2: bool = False,
+                          first_step: str = "ddim") -> CoefficientTable:
+    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`); ``first_step="ddim"`` only."""
     _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
     _check_bool("reference_d2", reference_d2, "dpmpp_3m")
+    check_choice("first_step", first_step, FIRST_STEPS)
+    if first_step != "ddim":
+        raise ValueError(f"first_step={first_step!r} has no coefficient table: its first step calls the model a second "
+                         "time at the lambda midpoint, not at a grid state; use the eager sampler (or first_step='ddim')")
     k2 = 1.0 if reference_d2 else 2.0
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     w1, w2m, w2, w3 = _dpmpp_weights(alpha[1:], h, solver_type)
@@ -225,27 +231,43 @@ def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpm
           default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",), coefficients=dpmpp_3m_coefficients,
           paper="Lu et al. 2022b (DPM-Solver++), multistep order 3 (dpm_solver_pytorch.py)")
 def dpmpp_3m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str = "dpmsolver",
-             lower_order_final: bool = True, reference_d2: bool = False):
+             lower_order_final: bool = True, reference_d2: bool = False, first_step: str = "ddim"):
     """DPM-Solver++(3M) (Lu et al. 2022b, multistep order 3); order 3, 1 NFE per step; orders 1, 2 to start (and end).
 
     ``reference_d2=True`` reproduces dpm_solver_pytorch.py (and diffusers, k-diffusion), whose
     second difference D2 estimates h^2 x0''/2 where the phi_3 weight needs h^2 x0'': that step is
     2nd-order accurate only (measured global order 2; see docs).
+
+    ``first_step="midpoint"`` makes the first step DPM-Solver++(2S) with r = 1/2 (Lu et al.
+    2022b, Alg. 1; one more NFE, local error O(h^3)) instead of the reference's first-order DDIM
+    step, whose O(h^2) local error caps the asymptotic global order at 2. With
+    ``lower_order_final=False`` as well, the method is third order all the way (see docs).
     """
     _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
     _check_bool("reference_d2", reference_d2, "dpmpp_3m")
+    check_choice("first_step", first_step, FIRST_STEPS)
     k2 = 1.0 if reference_d2 else 2.0
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     orders = _orders(len(h), 3, lower_order_final)
     r0, r1 = _ratios(h, 1), _ratios(h, 2)
     weights = _dpmpp_weights(alpha[1:], h, solver_type)
     ratio, w1, w2m, w2, w3, r0, r1 = _cast(x, sigma[1:] / sigma[:-1], *weights, r0, r1)
+    if first_step == "midpoint":
+        t_mid = sde.inverse_lambda(sde.lam(ts[:1]) + 0.5 * h[:1])
+        alpha_mid, sigma_mid = sde.alpha(t_mid), sde.sigma(t_mid)
+        ratio_mid, w1_mid = _cast(x, sigma_mid / sigma[:1], alpha_mid * 0.5 * h[:1] * phi(1, -0.5 * h[:1]))
+        t_mid = t_mid[0].to(ts.dtype)
     m: list[Tensor] = []  # data predictions, newest first
     for i in range(len(h)):
         m = [model(x, ts[i]).x0] + m[:2]
         # DPM-Solver-1 step.
         x_next = ratio[i] * x + w1[i] * m[0]
-        if orders[i] == 2:
+        if i == 0 and first_step == "midpoint":
+            # DPM-Solver++(2S), r = 1/2: a DPM-Solver-1 step to the lambda midpoint, then the full
+            # step with the midpoint's data prediction.
+            x_mid = ratio_mid[0] * x + w1_mid[0] * m[0]
+            x_next = ratio[i] * x + w1[i] * model(x_mid, t_mid).x0
+        elif orders[i] == 2:
             # 2nd-order correction (as dpmpp_2m).
             x_next = x_next + w2m[i] * (m[0] - m[1]) / r0[i]
         elif orders[i] == 3:
