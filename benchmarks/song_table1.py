@@ -21,9 +21,10 @@ The corrector is Langevin with ``snr=0.16`` and ``n_corrector_steps=1`` (score_s
 config for both SDEs) and ``norm=batch`` (score_sde's batch-mean norms, which the paper used);
 ``pc(norm=per_sample)`` (our default) is run as an extra row.
 
-    python benchmarks/song_table1.py                          # the mixtures (about 30 min on 2 CPU cores)
+    python benchmarks/song_table1.py                          # the mixtures (about 50 min on one CPU core)
     python benchmarks/song_table1.py --digits runs/digits     # adds a trained digits checkpoint
     python benchmarks/song_table1.py --docs                   # also copy tables/plots to docs/
+    python benchmarks/song_table1.py --budget 50              # the same table at N = 50 (P50, P100, C100, PC50)
 
 Resumable: run the same command again after an interruption and only missing cells run.
 """
@@ -42,47 +43,49 @@ from scoresde.bench import Entry, ResultStore, Sweep, aggregate, run_sweep
 PC = {"corrector": "langevin", "snr": 0.16, "n_corrector_steps": 1, "norm": "batch"}
 
 
-def entries() -> list[Entry]:
+def entries(budget: int = 1000) -> list[Entry]:
+    """The paper's rows at budget N (its N = 1000): P N, P 2N, C 2N and PC N."""
+    n1, n2 = budget, 2 * budget
     return [
-        Entry("reverse_diffusion", label="reverse diffusion P", steps=(1000, 2000), series="reverse diffusion"),
-        Entry("pc", {"predictor": "reverse_diffusion", **PC}, label="reverse diffusion PC", steps=(1000,),
+        Entry("reverse_diffusion", label="reverse diffusion P", steps=(n1, n2), series="reverse diffusion"),
+        Entry("pc", {"predictor": "reverse_diffusion", **PC}, label="reverse diffusion PC", steps=(n1,),
               series="reverse diffusion PC"),
         Entry("pc", {"predictor": "reverse_diffusion", **PC, "norm": "per_sample"},
-              label="reverse diffusion PC (per-sample norm)", steps=(1000,), series="reverse diffusion PC (per-sample)"),
-        Entry("ancestral", label="ancestral P", steps=(1000, 2000), series="ancestral"),
-        Entry("pc", {"predictor": "ancestral", **PC}, label="ancestral PC", steps=(1000,), series="ancestral PC"),
+              label="reverse diffusion PC (per-sample norm)", steps=(n1,), series="reverse diffusion PC (per-sample)"),
+        Entry("ancestral", label="ancestral P", steps=(n1, n2), series="ancestral"),
+        Entry("pc", {"predictor": "ancestral", **PC}, label="ancestral PC", steps=(n1,), series="ancestral PC"),
         Entry("pc", {"predictor": "ancestral", **PC, "norm": "per_sample"},
-              label="ancestral PC (per-sample norm)", steps=(1000,), series="ancestral PC (per-sample)"),
-        Entry("ode", {"method": "euler"}, label="probability flow P", steps=(1000, 2000), series="probability flow"),
-        Entry("pc", {"predictor": "none", **PC}, label="corrector only C", steps=(2000,), series="corrector only"),
+              label="ancestral PC (per-sample norm)", steps=(n1,), series="ancestral PC (per-sample)"),
+        Entry("ode", {"method": "euler"}, label="probability flow P", steps=(n1, n2), series="probability flow"),
+        Entry("pc", {"predictor": "none", **PC}, label="corrector only C", steps=(n2,), series="corrector only"),
     ]
 
 
-# (row, column) of the paper's table for each (label, steps).
-CELLS = {
-    ("reverse diffusion P", 1000): ("reverse diffusion", "P1000"),
-    ("reverse diffusion P", 2000): ("reverse diffusion", "P2000"),
-    ("reverse diffusion PC", 1000): ("reverse diffusion", "PC1000"),
-    ("reverse diffusion PC (per-sample norm)", 1000): ("reverse diffusion, per-sample norm", "PC1000"),
-    ("ancestral P", 1000): ("ancestral", "P1000"),
-    ("ancestral P", 2000): ("ancestral", "P2000"),
-    ("ancestral PC", 1000): ("ancestral", "PC1000"),
-    ("ancestral PC (per-sample norm)", 1000): ("ancestral, per-sample norm", "PC1000"),
-    ("probability flow P", 1000): ("probability flow", "P1000"),
-    ("probability flow P", 2000): ("probability flow", "P2000"),
-    ("corrector only C", 2000): ("(any)", "C2000"),
-}
+def cells(budget: int) -> dict[tuple[str, int], tuple[str, str]]:
+    """(label, steps) -> (row, column) of the paper's table at budget N."""
+    n1, n2 = budget, 2 * budget
+    out = {("corrector only C", n2): ("(any)", f"C{n2}")}
+    for row in ("reverse diffusion", "ancestral", "probability flow"):
+        out[(f"{row} P", n1)] = (row, f"P{n1}")
+        out[(f"{row} P", n2)] = (row, f"P{n2}")
+    for row in ("reverse diffusion", "ancestral"):
+        out[(f"{row} PC", n1)] = (row, f"PC{n1}")
+        out[(f"{row} PC (per-sample norm)", n1)] = (f"{row}, per-sample norm", f"PC{n1}")
+    return out
+
+
 ROWS = ("reverse diffusion", "ancestral", "probability flow", "(any)", "reverse diffusion, per-sample norm",
         "ancestral, per-sample norm")
-COLS = ("P1000", "P2000", "C2000", "PC1000")
 
 
-def table(records: list[dict], problem: str, metric: str) -> str:
-    """The paper's layout: rows = predictor, columns = P1000 / P2000 / C2000 / PC1000;
+def table(records: list[dict], problem: str, metric: str, budget: int = 1000) -> str:
+    """The paper's layout: rows = predictor, columns = P N / P 2N / C 2N / PC N;
     each cell = metric / floor, mean +- std over seeds (NFE)."""
+    where = cells(budget)
+    cols = (f"P{budget}", f"P{2 * budget}", f"C{2 * budget}", f"PC{budget}")
     cell = {}
     for r in aggregate(records):
-        if r["problem"] != problem or (r["label"], r["steps"]) not in CELLS:
+        if r["problem"] != problem or (r["label"], r["steps"]) not in where:
             continue
         if r["errors"] == r["seeds"]:
             txt = "diverged"
@@ -91,16 +94,16 @@ def table(records: list[dict], problem: str, metric: str) -> str:
             txt = f"{r[f'{metric}_ratio']:.2f} ± {sd:.2f} ({int(r['nfe'])})"
         else:
             continue
-        cell[CELLS[(r["label"], r["steps"])]] = txt
-    lines = ["| predictor | " + " | ".join(COLS) + " |", "|---" + "|---:" * len(COLS) + "|"]
+        cell[where[(r["label"], r["steps"])]] = txt
+    lines = ["| predictor | " + " | ".join(cols) + " |", "|---" + "|---:" * len(cols) + "|"]
     for row in ROWS:
-        if any((row, c) in cell for c in COLS):
-            lines.append(f"| {row} | " + " | ".join(cell.get((row, c), "n/a" if row == "probability flow" and c == "PC1000"
-                                                            else "") for c in COLS) + " |")
+        if any((row, c) in cell for c in cols):
+            lines.append(f"| {row} | " + " | ".join(cell.get((row, c), "n/a" if row == "probability flow" and c == cols[3]
+                                                            else "") for c in cols) + " |")
     return "\n".join(lines) + "\n"
 
 
-def write_report(out: str, records: list[dict], problems: list[str], command: str) -> str:
+def write_report(out: str, records: list[dict], problems: list[str], command: str, budget: int = 1000) -> str:
     md = [f"<!-- made by: {command} -->",
           "Each cell: metric / noise floor, mean ± std over seeds (std also divided by the floor), and (NFE). "
           "1.0 = as close to the reference as another exact (or held-out) set of the same size.\n"]
@@ -115,7 +118,7 @@ def write_report(out: str, records: list[dict], problems: list[str], command: st
                 continue
             floor = recs[0][f"{m}_floor"]
             md.append(f"### {p}: {m} / floor (n = {n}, seeds {', '.join(map(str, seeds))}; floor {floor:.4g})\n")
-            md.append(table(records, p, m))
+            md.append(table(records, p, m, budget))
     path = os.path.join(out, "song_table1.md")
     with open(path, "w") as fh:
         fh.write("\n".join(md))
@@ -124,7 +127,9 @@ def write_report(out: str, records: list[dict], problems: list[str], command: st
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--out", default="results/song_table1")
+    ap.add_argument("--out", default=None, help="results folder (default results/song_table1, or "
+                    "results/song_table1_N<budget> for another --budget)")
+    ap.add_argument("--budget", type=int, default=1000, help="N: the paper's P N, P 2N, C 2N, PC N (its N = 1000)")
     ap.add_argument("--problems", default="gmm2d-ve,gmm2d-vp,gmm16d-ve,gmm16d-vp")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("-n", type=int, default=2000, help="samples per cell on the mixtures")
@@ -135,29 +140,34 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.budget < 1:
+        raise ValueError(f"--budget must be >= 1; got {args.budget}")
+    if args.out is None:
+        args.out = "results/song_table1" if args.budget == 1000 else f"results/song_table1_N{args.budget}"
     problems = args.problems.split(",")
     seeds = [int(s) for s in args.seeds.split(",")]
-    run_sweep(Sweep(entries(), problems=problems, seeds=seeds, n=args.n), args.out, progress=True)
+    run_sweep(Sweep(entries(args.budget), problems=problems, seeds=seeds, n=args.n), args.out, progress=True)
     if args.digits:
         dig = f"ckpt:{args.digits}"
         problems.append(dig)
-        run_sweep(Sweep(entries(), problems=[dig], seeds=[int(s) for s in args.digits_seeds.split(",")],
+        run_sweep(Sweep(entries(args.budget), problems=[dig], seeds=[int(s) for s in args.digits_seeds.split(",")],
                         n=args.digits_n, metrics=["fd", "sw2"]), args.out, progress=True)
     records = ResultStore(args.out).records()
     command = "python benchmarks/song_table1.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    path = write_report(args.out, records, problems, command.strip())
+    path = write_report(args.out, records, problems, command.strip(), args.budget)
     print(open(path).read())
     if args.docs:
         os.makedirs("docs/data", exist_ok=True)
         os.makedirs("docs/figures", exist_ok=True)
-        shutil.copy(path, "docs/data/song_table1.md")
+        tag = "" if args.budget == 1000 else f"_N{args.budget}"
+        shutil.copy(path, f"docs/data/song_table1{tag}.md")
         for p in problems:
             for m in ("sw2", "fd"):
                 src = os.path.join(args.out, "plots", f"{p.replace(':', '_').replace('/', '_')}_{m}.png")
                 if os.path.exists(src):
                     name = "digits" if p.startswith("ckpt:") else p
-                    shutil.copy(src, f"docs/figures/bench_song_table1_{name}_{m}.png")
-        print("copied the table to docs/data/song_table1.md and the plots to docs/figures/")
+                    shutil.copy(src, f"docs/figures/bench_song_table1{tag}_{name}_{m}.png")
+        print(f"copied the table to docs/data/song_table1{tag}.md and the plots to docs/figures/")
     return 0
 
 
