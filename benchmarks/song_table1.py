@@ -91,7 +91,8 @@ def table(records: list[dict], problem: str, metric: str, budget: int = 1000) ->
             txt = "diverged"
         elif f"{metric}_ratio" in r:
             sd = r.get(f"{metric}_std", 0.0) / r[f"{metric}_floor"] if r[f"{metric}_floor"] else 0.0
-            txt = f"{r[f'{metric}_ratio']:.2f} ± {sd:.2f} ({int(r['nfe'])})"
+            spread = f" ± {sd:.2f}" if r["seeds"] > 1 else ""  # no spread from a single seed
+            txt = f"{r[f'{metric}_ratio']:.2f}{spread} ({int(r['nfe'])})"
         else:
             continue
         cell[where[(r["label"], r["steps"])]] = txt
@@ -105,7 +106,8 @@ def table(records: list[dict], problem: str, metric: str, budget: int = 1000) ->
 
 def write_report(out: str, records: list[dict], problems: list[str], command: str, budget: int = 1000) -> str:
     md = [f"<!-- made by: {command} -->",
-          "Each cell: metric / noise floor, mean ± std over seeds (std also divided by the floor), and (NFE). "
+          "Each cell: metric / noise floor, mean ± std over seeds (std also divided by the floor; no std for "
+          "one seed), and (NFE). "
           "1.0 = as close to the reference as another exact (or held-out) set of the same size.\n"]
     for p in problems:
         recs = [r for r in records if r["problem"] == p and r.get("status") == "ok"]
