@@ -53,8 +53,8 @@ KNOWN_FAILURES: dict[tuple[str, str], str] = {
     ("order", "dpmpp_3m"): (
         "declared order 3, but its first step, and its last under lower_order_final, are first order (local "
         "error O(h^2)), which makes the global error O(h^2): on VPSDE/logsnr the errors at 64..1024 steps are "
-        "7.4e-5, 3.6e-6, 2.2e-7, 8.0e-8, 2.2e-8 (slope 1.65 over 256-1024; 4+ before); an exact first step "
-        "with lower_order_final=False gives slope 4.0. Also seen on karras grids (local slope 2.8-2.9 at "
+        "7.4e-5, 3.6e-6, 2.2e-7, 8.0e-8, 2.2e-8 (slope 1.65 over 256-1024; 4+ before); first_step='midpoint' "
+        "with lower_order_final=False gives slope 4.0 (test_samplers_fast). Also seen on karras grids (local slope 2.8-2.9 at "
         "512-1024 on VE)"
     ),
     ("distribution_2d", "pc"): (
