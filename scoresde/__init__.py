@@ -4,7 +4,11 @@ Public API (stable): the linear SDEs, the score-model wrapper, the exact models,
 front door, the PF-ODE likelihood, and the metrics module.
 """
 
-from . import metrics, samplers
+from . import (
+    features,  # noqa: F401  (registers the digits' Frechet distance 'fd' into metrics.METRICS)
+    metrics,
+    samplers,
+)
 from .exact import Gaussian, GaussianMixture
 from .likelihood import LikelihoodResult, log_likelihood
 from .model import NonFiniteError, Prediction, ScoreModel

@@ -232,7 +232,7 @@ def _net_name(net: nn.Module) -> str:
     from .nets import NETS
 
     name = getattr(net, "name", None)
-    if isinstance(name, str) and NETS.get(name) is type(net):
+    if isinstance(name, str) and name in NETS and NETS[name] is type(net):
         return name
     for name, factory in NETS.items():
         if factory is type(net):
