@@ -96,3 +96,12 @@ def test_every_registry_is_one_instance_of_the_registry_pattern():
 
     for reg in (SAMPLERS, SDES, METRICS):
         assert isinstance(reg, Registry)
+
+
+def test_the_docs_sampler_table_is_the_registry_table():
+    # docs/samplers.md shows overview_table() between markers; regenerate it when a trait changes:
+    # python -c "import scoresde; print(scoresde.samplers.registry.overview_table())"
+    text = (ROOT.parent / "docs" / "samplers.md").read_text()
+    start, end = "<!-- registry-table:start -->\n", "\n<!-- registry-table:end -->"
+    shown = text[text.index(start) + len(start):text.index(end)]
+    assert shown == scoresde.samplers.registry.overview_table()
