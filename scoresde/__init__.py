@@ -5,6 +5,7 @@ front door, the PF-ODE likelihood, and the metrics module.
 """
 
 from . import metrics, samplers
+from .discrete import DiscreteVPSDE
 from .exact import Gaussian, GaussianMixture
 from .likelihood import LikelihoodResult, log_likelihood
 from .model import NonFiniteError, Prediction, ScoreModel
@@ -19,6 +20,7 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "EDMSDE",
+    "DiscreteVPSDE",
     "ScoreModel",
     "Prediction",
     "NonFiniteError",
