@@ -310,7 +310,10 @@ class DiscreteVPSDE(LinearSDE):
 
 
 def _table(name: str, values: Any) -> Tensor:
-    v = torch.as_tensor(values).detach().to("cpu", torch.float64).flatten()
+    if isinstance(values, Tensor):
+        v = values.detach().to("cpu", torch.float64).flatten()
+    else:  # lists of Python floats: straight to float64 (torch's default would round them to float32)
+        v = torch.as_tensor(values, dtype=torch.float64).flatten()
     if v.numel() < 2:
         raise ValueError(f"{name} must have at least 2 entries; got {v.numel()}")
     if not bool(torch.isfinite(v).all()):

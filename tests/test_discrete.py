@@ -221,3 +221,10 @@ def test_config_round_trip(make):
     assert torch.equal(back.alphas_cumprod, sde.alphas_cumprod) and torch.equal(back.sigma(t), sde.sigma(t))
     # A ScoreModel built for one and sampled with the other is accepted (same config).
     scoresde.model.as_model(scoresde.ScoreModel(lambda x, t: x, sde), back)
+
+
+def test_python_float_tables_are_read_in_float64():
+    # torch.as_tensor([0.9, ...]) would round to float32 (0.8999999762); a table given as Python
+    # floats must be the float64 values themselves.
+    assert DiscreteVPSDE([0.9, 0.5, 0.1]).alphas_cumprod.tolist() == [0.9, 0.5, 0.1]
+    assert DiscreteVPSDE(betas=[0.1, 0.2]).alphas_cumprod.tolist() == [0.9, 0.9 * 0.8]
