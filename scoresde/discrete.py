@@ -280,9 +280,10 @@ class DiscreteVPSDE(LinearSDE):
         d = kf[1:] - kf[:-1]
         if bool((d >= 0).any()):
             i = int(torch.nonzero(d >= 0)[0])
+            hint = " (a repeated timestep is a zero-length step; drop the repeats)" if kf[i] == kf[i + 1] else ""
             raise ValueError(
-                f"timesteps must be strictly decreasing; timesteps[{i}] = {int(kf[i])}, timesteps[{i + 1}] = "
-                f"{int(kf[i + 1])} (a repeated timestep is a zero-length step; drop duplicates, e.g. torch.unique)"
+                f"timesteps must be strictly decreasing; timesteps[{i}] = {int(kf[i])}, "
+                f"timesteps[{i + 1}] = {int(kf[i + 1])}{hint}"
             )
         return self.t_from_timestep(kf)
 

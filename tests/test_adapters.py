@@ -409,3 +409,25 @@ def test_to_diffusers_gives_the_table_level_prediction(sde, prediction_type):
     assert wrapper(x, 500, return_dict=False)[0].shape == x.shape  # scalar timestep, tuple output
     with pytest.raises(TypeError, match="a plain score_fn needs sde="):
         to_diffusers(GM.score_fn(sde), {})
+
+
+def test_low_precision_networks_get_exact_timesteps_and_their_own_dtype():
+    # The adapters hand the network its time input computed from the sampling dtype's t, not from t
+    # rounded to the network's dtype: in bfloat16, t = 0.981 would be 0.98046875 (timestep 979.5).
+    sde = DiscreteVPSDE(beta_schedule="linear")
+    seen = {}
+
+    class Half(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.ones((), dtype=torch.bfloat16))
+
+        def forward(self, x, timestep):
+            seen["x"], seen["k"] = x.dtype, timestep
+            return x * self.w
+
+    ks = [999, 981, 980, 500, 1]
+    for mode in ("round", "continuous"):
+        pred = from_diffusers(Half(), sde, timesteps=mode)(torch.randn(5, 2), sde.grid(ks).float())
+        assert seen["x"] == torch.bfloat16 and pred.x0.dtype == torch.float32
+        assert torch.allclose(seen["k"].double(), torch.tensor(ks, dtype=F64), atol=1e-3)  # float32 t: 6e-5 timesteps
