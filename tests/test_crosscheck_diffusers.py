@@ -302,3 +302,14 @@ def test_a_diffusers_pipeline_runs_a_scoresde_model():
     r = scoresde.sample(gm.model(edm), edm, (3, 1, 8, 8), "ddim", schedule=ts, x_T=x_T / float(table.alpha(tau[:1])))
     ours = (r.x / 2 + 0.5).clamp(0, 1).permute(0, 2, 3, 1).numpy()
     assert abs(ours - out).max() < 1e-5  # float32 samples and the float32 table in the pipeline
+
+
+@pytest.mark.parametrize("steps", [1, 7, 10, 50, 333, 1000])
+@pytest.mark.parametrize("spacing", ["leading", "trailing", "linspace"])
+@pytest.mark.parametrize("cls,convention", [("DDIMScheduler", "ddim"), ("DPMSolverMultistepScheduler", "multistep"),
+                                            ("UniPCMultistepScheduler", "multistep")])
+def test_table_timesteps_are_diffusers_set_timesteps(cls, convention, spacing, steps):
+    sched = getattr(diffusers, cls)(timestep_spacing=spacing)
+    sched.set_timesteps(steps)
+    sde = DiscreteVPSDE(sched.alphas_cumprod)
+    assert torch.equal(sde.timesteps(steps, spacing, convention=convention), sched.timesteps)
