@@ -9,6 +9,7 @@ from . import (
     metrics,
     samplers,
 )
+from .discrete import DiscreteVPSDE
 from .exact import Gaussian, GaussianMixture
 from .likelihood import LikelihoodResult, log_likelihood
 from .model import NonFiniteError, Prediction, ScoreModel
@@ -23,6 +24,7 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "EDMSDE",
+    "DiscreteVPSDE",
     "ScoreModel",
     "Prediction",
     "NonFiniteError",
