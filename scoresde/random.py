@@ -15,6 +15,7 @@ shape, dtype and device) is a noise source; :class:`GeneratorNoise` wraps one
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
@@ -99,7 +100,15 @@ def make_seeds(batch: int, *, generator: torch.Generator | None = None, seeds=No
     """Per-sample int64 seeds: given explicitly, or drawn from ``generator`` (prefix-stable:
     the first i seeds do not depend on ``batch``), or from torch's default generator."""
     if seeds is not None:
-        s = torch.as_tensor(list(seeds) if not isinstance(seeds, Tensor) else seeds, dtype=torch.int64)
+        if isinstance(seeds, Tensor):
+            if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool:
+                raise ValueError(f"seeds must be integers; got a tensor of dtype {seeds.dtype}")
+        else:
+            seeds = list(seeds)
+            bad = [v for v in seeds if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
+            if bad:
+                raise ValueError(f"seeds must be non-negative integers; got {bad[0]!r} (no rounding of non-integers)")
+        s = torch.as_tensor(seeds, dtype=torch.int64)
         if s.ndim != 1 or s.shape[0] != batch:
             raise ValueError(f"seeds must be a 1-D sequence of {batch} integers (one per sample); got shape {tuple(s.shape)}")
         if bool((s < 0).any()):

@@ -70,7 +70,7 @@ def make_grid(
     t_lo = sde.t_min if t_min is None else float(t_min)
     t_hi = sde.T if T is None else float(T)
     if not isinstance(schedule, str):
-        ts = as_time(schedule, device=device).flatten()
+        ts = as_time(schedule, device=device)
         if ts.ndim != 1 or ts.numel() < 2:
             raise ValueError(f"an explicit schedule must be a 1-D sequence of at least 2 times; got shape {tuple(ts.shape)}")
         if steps is not None and ts.numel() != steps + 1:

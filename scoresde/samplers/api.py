@@ -16,8 +16,8 @@ import torch
 from torch import Tensor, nn
 
 from ..model import NonFiniteError, ScoreModel, as_model
-from ..random import GeneratorNoise, PerSampleNoise, make_seeds
-from ..registry import Int
+from ..random import GeneratorNoise, IndexedNoise, PerSampleNoise, make_seeds
+from ..registry import Bool, Int
 from ..schedules import make_grid
 from ..sde import LinearSDE
 from . import registry
@@ -117,6 +117,15 @@ def sample(
         raise TypeError(f"sde must be a scoresde LinearSDE (VPSDE, SubVPSDE, VESDE, EDMSDE, ...); got {type(sde).__name__}")
     spec.check_sde(sde, options)
     shape = _check_shape(shape)
+    for name, flag in (("denoise", denoise), ("return_trajectory", return_trajectory), ("progress", progress),
+                       ("grad", grad)):
+        Bool().check(name, flag, "sample")
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
+    if not isinstance(dtype, torch.dtype):
+        raise TypeError(f"dtype must be a torch.dtype (e.g. torch.float32); got {dtype!r}")
+    if cond is not None and not isinstance(cond, dict):
+        raise TypeError(f"cond must be a dict of network keyword arguments (e.g. {{'y': labels}}); got {type(cond).__name__}")
     if steps is not None:
         steps = Int(ge=1).check("steps", steps, "sample")
     project = guidance is not None and bool(getattr(guidance, "needs_projection", False))
@@ -149,8 +158,10 @@ def sample(
         noise_src = PerSampleNoise(used_seeds)
     elif isinstance(noise, torch.Generator):
         noise_src = GeneratorNoise(noise)
-    elif callable(noise):
+    elif isinstance(noise, IndexedNoise):  # counter-based (e.g. a PerSampleNoise): used as it is
         noise_src = noise
+    elif callable(noise):
+        noise_src = _CheckedNoise(noise)
     else:
         raise TypeError("noise must be None, a torch.Generator or a callable noise(like) -> Tensor")
 
@@ -158,9 +169,7 @@ def sample(
     if x_T is None:
         x = noise_src(like) * sde.prior_std()
     else:
-        if tuple(x_T.shape) != shape:
-            raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
-        x = x_T.to(device=device, dtype=dtype)
+        x = _check_state("x_T", x_T, shape).to(device=device, dtype=dtype)
     if project:
         x = guidance.project(x, ts[0], -1)
 
@@ -210,7 +219,9 @@ def sample(
     _sync(device)
     wall = time.perf_counter() - t0
     if not bool(torch.isfinite(x).all()):
-        raise NonFiniteError(f"sampler {sampler!r} produced NaN or Inf samples (the model outputs were finite)")
+        checked = "the model outputs were checked and finite" if score_model.check_finite else (
+            "the model outputs were not checked: check_finite=False")
+        raise NonFiniteError(f"sampler {sampler!r} produced NaN or Inf samples ({checked})")
     return SampleResult(
         x=x,
         nfe=score_model.nfe - nfe0,
@@ -222,6 +233,41 @@ def sample(
         trajectory=torch.stack(traj) if return_trajectory else None,
         extra=extra,
     )
+
+
+def _check_state(name: str, x: Any, shape: tuple[int, ...]) -> Tensor:
+    """A given state (x_T): a real floating tensor of the requested shape with finite values."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"{name} must be a tensor of shape {shape}; got {type(x).__name__}")
+    if tuple(x.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}; got {tuple(x.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"{name} must be a real floating-point tensor; got dtype {x.dtype}")
+    if not bool(torch.isfinite(x).all()):
+        raise ValueError(f"{name} contains NaN or Inf ({int((~torch.isfinite(x)).sum())} of {x.numel()} values)")
+    return x
+
+
+class _CheckedNoise:
+    """A user's noise source, with each draw checked: a real floating tensor of the asked shape; finite
+    (checked at once on the CPU, where it costs no host synchronisation), so that bad noise is not
+    reported as a bad model."""
+
+    def __init__(self, noise: Any):
+        self.noise, self.draws_made = noise, 0
+
+    def __call__(self, like: Tensor) -> Tensor:
+        z = self.noise(like)
+        where = f"the noise source {type(self.noise).__name__} at draw {self.draws_made}"
+        self.draws_made += 1
+        if not isinstance(z, Tensor) or tuple(z.shape) != tuple(like.shape):
+            got = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
+            raise ValueError(f"{where} must return a tensor of shape {tuple(like.shape)}; got {got}")
+        if not z.is_floating_point():
+            raise ValueError(f"{where} must return real floating-point values; got dtype {z.dtype}")
+        if z.device.type == "cpu" and not bool(torch.isfinite(z).all()):
+            raise ValueError(f"{where} returned NaN or Inf")
+        return z
 
 
 def _check_shape(shape: Any) -> tuple[int, ...]:

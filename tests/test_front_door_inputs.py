@@ -1,0 +1,78 @@
+"""Bad input at the front door: each gets a ValueError/TypeError naming the argument, before any network
+call, and nothing is silently coerced (issue 14's examples)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import scoresde
+from scoresde import VPSDE, GaussianMixture
+
+F64 = torch.float64
+SDE = VPSDE()
+GM = GaussianMixture([0.5, 0.5], [[-1.0, 0.0], [1.0, 0.0]], 0.25)
+
+
+class Counting:
+    def __init__(self):
+        self.calls, self.fn = 0, GM.score_fn(SDE)
+
+    def __call__(self, x, t):
+        self.calls += 1
+        return self.fn(x, t)
+
+
+@pytest.mark.parametrize("kwargs,error,needle", [
+    (dict(shape="42"), ValueError, "shape must be (B, *D)"),
+    (dict(shape=(4.7, 2)), ValueError, "shape must be (B, *D)"),
+    (dict(shape=(True, 2)), ValueError, "shape must be (B, *D)"),
+    (dict(shape=(4,)), ValueError, "shape must be (B, *D)"),
+    (dict(steps=True), ValueError, "steps=True is not accepted"),
+    (dict(steps=2.5), ValueError, "steps=2.5 is not accepted"),
+    (dict(steps=0), ValueError, "steps=0 is not accepted"),
+    (dict(seeds=[1.7, 2, 3, 4]), ValueError, "seeds must be non-negative integers; got 1.7"),
+    (dict(seeds=[True, 2, 3, 4]), ValueError, "seeds must be non-negative integers; got True"),
+    (dict(seeds=torch.tensor([1.0, 2, 3, 4])), ValueError, "seeds must be integers"),
+    (dict(seeds=[1, 2, 3]), ValueError, "seeds must be a 1-D sequence of 4 integers"),
+    (dict(schedule=[[1.0, 0.5], [0.2, 0.1]]), ValueError, "an explicit schedule must be a 1-D sequence"),
+    (dict(x_T=torch.full((4, 2), math.nan)), ValueError, "x_T contains NaN or Inf"),
+    (dict(x_T=torch.ones(4, 2, dtype=torch.int64)), ValueError, "x_T must be a real floating-point tensor"),
+    (dict(x_T=torch.ones(4, 3)), ValueError, "x_T must have shape (4, 2)"),
+    (dict(noise=lambda like: torch.full_like(like, math.inf)), ValueError, "returned NaN or Inf"),
+    (dict(noise=lambda like: torch.zeros(3)), ValueError, "must return a tensor of shape (4, 2)"),
+    (dict(denoise=1), ValueError, "denoise=1 is not accepted; accepted: True, False"),
+    (dict(generator=0), TypeError, "generator must be a torch.Generator"),
+    (dict(dtype="float32"), TypeError, "dtype must be a torch.dtype"),
+    (dict(dtype=torch.int32), ValueError, "dtype must be a floating-point dtype"),
+    (dict(cond=[1]), TypeError, "cond must be a dict"),
+    (dict(sampler="ddim", eta=float("nan")), ValueError, "eta=nan is not accepted"),
+    (dict(sampler="pc", n_corrector_steps=1.0), ValueError, "n_corrector_steps=1.0 is not accepted"),
+])
+def test_bad_input_is_refused_by_name_before_any_network_call(kwargs, error, needle):
+    model = Counting()
+    args = dict(shape=(4, 2), sampler="euler_maruyama", steps=3)
+    args.update(kwargs)
+    with pytest.raises(error) as info:
+        scoresde.sample(model, SDE, args.pop("shape"), args.pop("sampler"), args.pop("steps"), **args)
+    assert needle in str(info.value)
+    assert model.calls == 0
+
+
+def test_bad_noise_is_not_blamed_on_the_model():
+    # NaN noise drawn after x_T (at the first step): named as the noise source, not as the model.
+    draws = iter([torch.zeros(4, 2), torch.full((4, 2), math.nan)])
+    with pytest.raises(ValueError, match="noise source .* at draw 1 returned NaN or Inf"):
+        scoresde.sample(GM.score_fn(SDE), SDE, (4, 2), "euler_maruyama", 3, noise=lambda like: next(draws))
+
+
+def test_non_finite_samples_say_whether_the_model_was_checked():
+    # With check_finite=False nothing claims the model outputs were finite.
+    def exploding(x, c):
+        return torch.full_like(x, math.inf)
+
+    model = scoresde.ScoreModel(exploding, SDE, "eps", check_finite=False)
+    with pytest.raises(scoresde.NonFiniteError, match="not checked: check_finite=False"):
+        scoresde.sample(model, SDE, (4, 2), "euler_maruyama", 3, seeds=range(4))
