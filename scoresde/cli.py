@@ -40,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, TypeError, FileNotFoundError) as err:
         print(f"scoresde {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"scoresde {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -36,9 +36,8 @@ def pick_device(name: str | torch.device, local_rank: int = 0) -> torch.device:
         return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device={name!r} is not a device torch knows ({err}); accepted: auto, cpu, cuda, cuda:N, "
-                         "mps") from None
+    except (RuntimeError, TypeError):
+        raise ValueError(f"device={name!r} is not a device torch knows; accepted: auto, cpu, cuda, cuda:N, mps") from None
     if dev.type == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device={name!r}: CUDA is not available on this machine (torch {torch.__version__}); "

@@ -199,6 +199,7 @@ class Trainer:
         self._win_sum = torch.zeros((), device=self.device, dtype=torch.float64)
         self._win_n = 0
         self._saved_step = -1
+        self.stop_reason: str | None = None  # set by request_stop(): fit() stops after the current step
 
     # ------------------------------------------------------------------------------------- setup
     @property
@@ -272,6 +273,8 @@ class Trainer:
         t_last = time.perf_counter()
         try:
             while self.step < cfg.steps:
+                if self._should_stop():
+                    break
                 loss = self.train_step()
                 self._win_sum += loss.to(torch.float64)
                 self._win_n += 1
@@ -293,6 +296,23 @@ class Trainer:
         if self._saved_step != self.step:
             self.save()
         return self.history
+
+    def request_stop(self, reason: str) -> None:
+        """Ask :meth:`fit` to stop after the step in progress and save a resumable checkpoint (the CLI
+        calls this from its SIGINT/SIGTERM handler; a step is never interrupted half-way)."""
+        self.stop_reason = reason
+
+    def _should_stop(self) -> bool:
+        stop = self.stop_reason is not None
+        if self.world > 1:  # every rank stops at the same step, or DDP's collectives would hang
+            import torch.distributed as dist
+
+            flag = torch.tensor([float(stop)], device=self.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            stop = bool(flag.item())
+            if stop and self.stop_reason is None:
+                self.stop_reason = "another process was stopped"
+        return stop
 
     def _log(self, bar) -> None:
         mean = self._win_sum / self._win_n
@@ -349,6 +369,9 @@ class Trainer:
                           "lr": self._lr(max(self.step - 1, 0))},
             "grad_scaler": self.grad_scaler.state_dict() if self.grad_scaler.is_enabled() else None,
             "loss_history": self.history,
+            # the open loss-averaging window (a stop between log points resumes it exactly; with several
+            # processes, rank 0's part of it)
+            "loss_window": [float(self._win_sum), self._win_n],
             "train_seconds": self.train_seconds,
             "world_size": self.world,
         }
@@ -406,6 +429,9 @@ class Trainer:
         st = ck.state
         self.step = self._saved_step = int(st["step"])
         self.history = [list(h) for h in st.get("loss_history", [])]
+        win_sum, win_n = st.get("loss_window", [0.0, 0])
+        self._win_sum = torch.tensor(float(win_sum), device=self.device, dtype=torch.float64)
+        self._win_n = int(win_n)
         self.train_seconds = float(st.get("train_seconds", 0.0))
         if st.get("grad_scaler") and self.grad_scaler.is_enabled():
             self.grad_scaler.load_state_dict(st["grad_scaler"])

@@ -241,9 +241,15 @@ def test_errors_name_the_argument(tmp_path):
     with pytest.raises(ValueError, match="unknown option.*'bogus'.*euler_maruyama"):
         run_sweep(_sweep(entries=[Entry("euler_maruyama", {"bogus": 1})]), str(tmp_path / "never"),
                   progress=False, report=False)
-    notes = run_sweep(_sweep(entries=[Entry("no_such_sampler")]), str(tmp_path), progress=False,
-                      report=False, log=lambda m: None)["notes"]
+    # An unknown sampler beside known ones is skipped with a note (it runs once it is registered) ...
+    notes = run_sweep(_sweep(entries=[Entry("no_such_sampler"), Entry("bench_oracle")]), str(tmp_path),
+                      progress=False, report=False, log=lambda m: None)["notes"]
     assert "sampler 'no_such_sampler' skipped" in notes[0]
+    # ... but a sweep left with no cell at all is an error, not an exit 0 with nothing done.
+    with pytest.raises(ValueError, match="the sweep has no cell to run: sampler 'no_such_sampler' skipped"):
+        run_sweep(_sweep(entries=[Entry("no_such_sampler")]), str(tmp_path / "none"), progress=False, report=False)
+    with pytest.raises(ValueError, match="steps must be positive integers"):
+        Sweep([Entry("euler_maruyama")], steps=(0,))
     with pytest.raises(ValueError, match="n must be an integer >= 2"):
         Sweep([Entry("euler_maruyama")], n=1)
     with pytest.raises(ValueError, match="unbalanced"):

@@ -74,9 +74,11 @@ def _tensors(run: Path) -> dict:
     return {**load_file(str(ck.path / MODEL_FILE)), **load_file(str(ck.path / OPTIM_FILE))}, ck
 
 
-def test_sigkill_then_resume_gives_identical_weights(tmp_path):
-    """Train 600 steps uninterrupted; train the same run in a subprocess, SIGKILL it as soon as a
-    checkpoint exists, resume to 600 steps: every tensor (weights, EMA, optimizer) is equal."""
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=["SIGKILL", "SIGINT", "SIGTERM"])
+def test_signal_then_resume_gives_identical_weights(tmp_path, sig):
+    """Train 600 steps uninterrupted; train the same run in a subprocess, send it ``sig`` as soon as a
+    checkpoint exists, resume to 600 steps: every tensor (weights, EMA, optimizer) is equal. SIGINT and
+    SIGTERM stop after the step in progress, save a checkpoint there and exit 130 with one line."""
     args = ["train", "--data", "moons", "--n-data", 2000, "--net", "mlp", "--net-kwargs", '{"hidden": 16, "depth": 1}',
             "--steps", 600, "--batch-size", 32, "--ckpt-every", 20, "--log-every", 10, "--seed", 5, "--quiet",
             "--no-progress", "--threads", 1]
@@ -91,13 +93,17 @@ def test_sigkill_then_resume_gives_identical_weights(tmp_path):
             assert proc.poll() is None, f"the training process ended before its first checkpoint: {proc.stderr.read()}"
             assert time.monotonic() < deadline, "no checkpoint after 120 s"
             time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
+        proc.send_signal(sig)
+        proc.wait(60)
     finally:
         if proc.poll() is None:
             proc.kill()
+    err = proc.stderr.read().decode()
     at_kill = load_checkpoint(killed).step
     assert 0 < at_kill < 600, at_kill
+    if sig != signal.SIGKILL:
+        assert proc.returncode == 130 and "Traceback" not in err, (proc.returncode, err)
+        assert f"stopped by {sig.name} at step {at_kill}; saved a checkpoint" in err, err
     assert _cli(*args, "--out", killed, "--resume") == 0
     (want, ck_full), (got, ck_res) = _tensors(tmp_path / "full"), _tensors(killed)
     assert set(want) == set(got)

@@ -114,8 +114,9 @@ class Sweep:
             if int(s) != s or not 0 <= s < 2**30:
                 raise ValueError(f"seeds must be integers in [0, 2**30); got {s!r}")
         for s in self.steps:
-            if int(s) != s or s < 0:
-                raise ValueError(f"steps must be non-negative integers (0 = the sampler's default); got {s!r}")
+            if isinstance(s, bool) or int(s) != s or s < 1:
+                raise ValueError(f"steps must be positive integers (step budgets; adaptive samplers get none "
+                                 f"by themselves); got {s!r}")
 
     def cells(self, is_adaptive: Callable[[Entry], bool] = lambda e: False) -> list[Cell]:
         """All cells in a fixed order (problem, entry, steps, seed). Entries for which

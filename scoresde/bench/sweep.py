@@ -216,6 +216,8 @@ def run_sweep(
 
     problems = {p: get_problem(p) for p in sweep.problems}
     cells, notes = _check_cells(sweep.cells(is_adaptive), problems)
+    if not cells:
+        raise ValueError("the sweep has no cell to run: " + ("; ".join(notes) or "no entries"))
     for note in notes:
         if rank == 0:
             log(note)

@@ -7,6 +7,8 @@ Under ``torchrun --nproc_per_node K scoresde bench ...`` the cells are split ove
 
 from __future__ import annotations
 
+from . import check_output_dir
+
 HELP = "benchmark samplers: quality (with noise floors), NFE, wall time and memory over a sweep; resumable"
 DESCRIPTION = __doc__
 
@@ -92,7 +94,7 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    out = args.out or (QUICK if args.quick else DEFAULTS)["out"]
+    out = check_output_dir(args.out or (QUICK if args.quick else DEFAULTS)["out"])
     if args.report_only:
         if not os.path.exists(os.path.join(out, "results.jsonl")):
             raise FileNotFoundError(f"--report-only: no results.jsonl under --out {out!r}")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import time
 
+from . import check_output_dir
+
 HELP = "train a small model on 2-D data, sample it with several samplers, print a comparison and write a plot"
 
 # pc with score_sde's batch-mean Langevin norms: the per-sample default is unstable in 2-D (docs/samplers.md).
@@ -42,7 +44,7 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    os.makedirs(args.out, exist_ok=True)
+    os.makedirs(check_output_dir(args.out), exist_ok=True)
     sde = scoresde.sde.make_sde(args.sde)
     gm = scoresde.GaussianMixture(
         [0.1, 0.2, 0.3, 0.4], [[-3.0, -3.0], [-3.0, 3.0], [3.0, -3.0], [3.0, 3.0]], [0.3, 0.5, 0.4, 0.6]

@@ -19,6 +19,8 @@ import json
 import math
 import os
 
+from . import check_output_file
+
 HELP = "PF-ODE log-likelihood of a data file under a checkpoint (nats, nats/dim; bits/dim for pixels)"
 
 
@@ -176,12 +178,21 @@ def run(args) -> int:
 
     from ..checkpoint import load_model  # written separately; imported lazily
 
+    if args.out:
+        check_output_file(args.out)  # before the computation, not after it
+    if args.limit < 0:
+        raise ValueError(f"--limit must be >= 0 (0 = all samples); got {args.limit}")
+    from ..distributed import pick_device
+
+    args.device = str(pick_device(args.device))
     model, sde, scaler = load_model(args.checkpoint)
     if isinstance(model, torch.nn.Module):
         model = model.to(args.device).eval()
     data = load_data(args.data, args.key)
     if args.limit:
         data = data[: args.limit]
+    if len(data) == 0:
+        raise ValueError(f"--data {args.data!r} holds no samples")
     res = evaluate(model, sde, scaler, data, estimator=args.estimator, n_probes=args.n_probes, probe=args.probe,
                    method=args.method, rtol=args.rtol, atol=args.atol, t_min=args.t_min, batch_size=args.batch_size,
                    seed=args.seed, device=args.device)

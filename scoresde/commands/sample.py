@@ -16,6 +16,8 @@ import json
 import os
 import time
 
+from . import check_output_file
+
 HELP = "draw samples from a trained checkpoint with any sampler; write .npz (data space) and a PNG"
 DESCRIPTION = __doc__
 
@@ -80,6 +82,9 @@ def run(args) -> int:
         raise ValueError(f"-n must be >= 1 and --batch-size >= 0; got -n {args.n}, --batch-size {args.batch_size}")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must name a .npz file; got {args.out!r}")
+    check_output_file(args.out)
+    if args.png:
+        check_output_file(args.png, "--png")
     device = pick_device(args.device, 0)
     ck = load_checkpoint(args.checkpoint, device=device, ema=not args.raw_weights)
     shape = ck.data_shape

@@ -15,7 +15,11 @@ import argparse
 import json
 import math
 import os
+import signal
+import sys
 import time
+
+from . import check_output_dir
 
 HELP = "train a score model (MLP or U-Net) by denoising score matching; checkpoints, snapshots, exact resume, torchrun"
 DESCRIPTION = __doc__
@@ -198,6 +202,7 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    check_output_dir(args.out)
     if args.resume and _has_checkpoint(args.out):
         cfg_kw, _ = _train_config(args)
         # The model, loss, data and optimiser settings come from the checkpoint; these may change.
@@ -215,10 +220,22 @@ def run(args) -> int:
         print(f"{what}: {n_par:,} parameters, {type(trainer.model.sde).__name__}, param={trainer.model.parameterization}, "
               f"loss={trainer.config.loss}, device={trainer.device}, processes={trainer.world}", flush=True)
     t0 = time.perf_counter()
+    # Ctrl-C / SIGTERM: finish the step in progress, save a resumable checkpoint, exit with one line.
+    def stop(signum, frame):
+        trainer.request_stop(signal.Signals(signum).name)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         hist = trainer.fit()
     finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
         trainer.close()
+    if trainer.stop_reason is not None:
+        if trainer.is_main:
+            print(f"scoresde train: stopped by {trainer.stop_reason} at step {trainer.step}; saved a checkpoint in "
+                  f"{args.out}: continue with --resume", file=sys.stderr, flush=True)
+        return 130
     if say:
         last = f"{hist[-1][1]:.5f}" if hist else "n/a"
         print(f"done: step {trainer.step}, last loss {last}, {time.perf_counter() - t0:.1f} s; "
