@@ -75,3 +75,49 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+class FolderLock:
+    """An exclusive, non-blocking lock on an output folder (``fcntl.flock`` on a lock file in it).
+
+    Two processes that would write the same folder (two sweeps, two trainings) cannot both hold it:
+    the second gets a ValueError naming the holder (pid, host, start time). The operating system
+    releases the lock when its process ends, even by SIGKILL, so a killed run never leaves the folder
+    locked. ``name`` distinguishes locks in one folder (e.g. one per rank of a sharded sweep).
+    """
+
+    def __init__(self, folder: str | os.PathLike, name: str = ".scoresde-lock", *, what: str = "folder"):
+        self.path = os.path.join(os.fspath(folder), name)
+        self.folder, self.what, self._fh = os.fspath(folder), what, None
+
+    def __enter__(self) -> "FolderLock":
+        import fcntl
+        import json
+        import socket
+        import time
+
+        os.makedirs(self.folder, exist_ok=True)
+        fh = open(self.path, "a+", encoding="utf-8")
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or "unknown"
+            fh.close()
+            raise ValueError(f"{self.what} {self.folder!r} is in use by another scoresde process ({holder}); wait for "
+                             "it to finish, or choose another output folder") from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                             "since": time.strftime("%Y-%m-%d %H:%M:%S")}))
+        fh.flush()
+        self._fh = fh
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt_mod
 from . import distributed
+from ._utils import FolderLock
 from .model import NonFiniteError, ScoreModel
 from .plots import image_range, save_sample_figure  # noqa: F401  (public here since 0.1)
 from .registry import Anything, Bool, Choice, Int, Maybe, Real
@@ -271,6 +272,10 @@ class Trainer:
             if bar.disable:
                 bar = None
         t_last = time.perf_counter()
+        # One training process per run folder (rank 0 writes it): a second one stops here, naming the first.
+        lock = FolderLock(self.out, what="run folder") if (self.out is not None and self.is_main) else None
+        if lock is not None:
+            lock.__enter__()
         try:
             while self.step < cfg.steps:
                 if self._should_stop():
@@ -290,11 +295,13 @@ class Trainer:
                     self.save()
                 if cfg.snapshot_every and self.step % cfg.snapshot_every == 0:
                     self.snapshot()
+            if self._saved_step != self.step:
+                self.save()
         finally:
             if bar is not None:
                 bar.close()
-        if self._saved_step != self.step:
-            self.save()
+            if lock is not None:
+                lock.__exit__(None, None, None)
         return self.history
 
     def request_stop(self, reason: str) -> None:

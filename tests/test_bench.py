@@ -184,9 +184,10 @@ def test_shards_partition_and_merge(tmp_path):
     for rank in (0, 1):  # what two torchrun ranks do, one after the other
         s = run_sweep(sweep, out, progress=False, report=False, shard_of=(rank, 2))
         assert s["ran"] == 3
-    assert sorted(os.listdir(out)) == ["results.rank0.jsonl", "results.rank1.jsonl", "sweep.json"]
+    listing = lambda: sorted(f for f in os.listdir(out) if not f.startswith(".scoresde-lock"))  # noqa: E731
+    assert listing() == ["results.rank0.jsonl", "results.rank1.jsonl", "sweep.json"]
     merged = merge_shards(out)
-    assert sorted(os.listdir(out)) == ["results.csv", "results.jsonl", "sweep.json"]
+    assert listing() == ["results.csv", "results.jsonl", "sweep.json"]
     single = run_sweep(sweep, str(tmp_path / "single"), progress=False, report=False)["records"]
     by_key = {r["key"]: r for r in merged}
     assert sorted(by_key) == sorted(r["key"] for r in single)
@@ -279,3 +280,20 @@ def test_checkpoint_problem_compares_with_its_training_data(tmp_path):
     rec = run_sweep(_sweep(problems=[name], steps=[3], n=150), str(tmp_path / "out"), progress=False,
                     report=False)["records"][0]
     assert rec["status"] == "ok" and rec["problem"] == name and rec["sw2"] > 0
+
+
+def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_first(tmp_path):
+    # While one sweep holds the folder, another (here: the same process, as a second sweep would) gets
+    # a clear error naming the holder, and no record is written twice.
+    from scoresde._utils import FolderLock
+
+    out = tmp_path / "shared"
+    with FolderLock(out, ".scoresde-lock", what="bench output folder"):
+        with pytest.raises(ValueError, match=r"bench output folder .* is in use by another scoresde process \(.*pid"):
+            run_sweep(_sweep(entries=[Entry("bench_oracle")]), str(out), progress=False, report=False)
+    assert not (out / "results.jsonl").exists()
+    first = run_sweep(_sweep(entries=[Entry("bench_oracle")]), str(out), progress=False, report=False)
+    again = run_sweep(_sweep(entries=[Entry("bench_oracle")]), str(out), progress=False, report=False)
+    assert first["ran"] > 0 and again["ran"] == 0
+    lines = (out / "results.jsonl").read_text().splitlines()
+    assert len(lines) == len({json.loads(line)["key"] for line in lines}) == first["ran"]

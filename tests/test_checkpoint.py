@@ -153,7 +153,7 @@ def test_killed_save_leaves_previous_checkpoint(tmp_path, monkeypatch, n_files):
     assert load_checkpoint(tmp_path / "run").step == 4
     # The killed folder's leftovers carry the run's owner token and are removed; a half-written temp
     # file of a single-file write (manifest, 'latest') carries nothing that proves it ours, so it stays.
-    left = {p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")} - {".scoresde-run.json"}
+    left = {p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")} - {".scoresde-run.json", ".scoresde-lock"}
     assert left == (set() if n_files <= 5 else {".tmp-killed"})
 
 

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .. import distributed
-from .._utils import atomic_write_text
+from .._utils import FolderLock, atomic_write_text
 from ..distributed import pick_device
 from . import quality
 from .cells import Cell, Entry, Sweep, shard
@@ -221,54 +221,57 @@ def run_sweep(
     for note in notes:
         if rank == 0:
             log(note)
-    mine = shard(cells, rank, world)
-    store = ResultStore(out_dir, rank=rank if world > 1 else None)
-    if rank == 0:
-        _write_plan(out_dir, sweep)
-    done = store.done_keys(retry_errors=retry_errors)
-    todo = [c for c in mine if c.key not in done]
-    if max_cells is not None:
-        todo = todo[:max_cells]
-    models: dict[str, Any] = {}
-    metric_fns = {p: quality.available_metrics(problems[p], sweep.metrics) for p in problems}
-    bar = _bar(len(todo), progress, rank)
-    ran = 0
-    try:
-        for c in todo:
-            problem = problems[c.problem]
-            if c.problem not in models:
-                models[c.problem] = problem.make_model(device)
+    # One writer per output folder (per shard under torchrun): a second sweep on it stops here, naming the first.
+    lock_name = ".scoresde-lock" if rank == 0 else f".scoresde-lock.rank{rank}"
+    with FolderLock(out_dir, lock_name, what="bench output folder"):
+        mine = shard(cells, rank, world)
+        store = ResultStore(out_dir, rank=rank if world > 1 else None)
+        if rank == 0:
+            _write_plan(out_dir, sweep)
+        done = store.done_keys(retry_errors=retry_errors)
+        todo = [c for c in mine if c.key not in done]
+        if max_cells is not None:
+            todo = todo[:max_cells]
+        models: dict[str, Any] = {}
+        metric_fns = {p: quality.available_metrics(problems[p], sweep.metrics) for p in problems}
+        bar = _bar(len(todo), progress, rank)
+        ran = 0
+        try:
+            for c in todo:
+                problem = problems[c.problem]
+                if c.problem not in models:
+                    models[c.problem] = problem.make_model(device)
+                if bar is not None:
+                    bar.set_postfix_str(f"{c.problem} {c.label} steps={c.steps} seed={c.seed}")
+                rec = run_cell(c, problem, models[c.problem], device=device, dtype=dtype, batch=sweep.batch,
+                               metric_fns=metric_fns[c.problem], floor_repeats=sweep.floor_repeats, warmup=sweep.warmup,
+                               min_time=sweep.min_time, max_timed_runs=sweep.max_timed_runs)
+                rec["rank"] = rank
+                store.append(rec)
+                ran += 1
+                if rec["status"] != "ok":
+                    log(f"{c.label} on {c.problem} at steps={c.steps}, seed={c.seed}: {rec['error']}")
+                if bar is not None:
+                    bar.update(1)
+                if on_cell is not None:
+                    on_cell(c, rec, ran)
+        finally:
             if bar is not None:
-                bar.set_postfix_str(f"{c.problem} {c.label} steps={c.steps} seed={c.seed}")
-            rec = run_cell(c, problem, models[c.problem], device=device, dtype=dtype, batch=sweep.batch,
-                           metric_fns=metric_fns[c.problem], floor_repeats=sweep.floor_repeats, warmup=sweep.warmup,
-                           min_time=sweep.min_time, max_timed_runs=sweep.max_timed_runs)
-            rec["rank"] = rank
-            store.append(rec)
-            ran += 1
-            if rec["status"] != "ok":
-                log(f"{c.label} on {c.problem} at steps={c.steps}, seed={c.seed}: {rec['error']}")
-            if bar is not None:
-                bar.update(1)
-            if on_cell is not None:
-                on_cell(c, rec, ran)
-    finally:
-        if bar is not None:
-            bar.close()
-    if collective:
-        import torch.distributed as dist
+                bar.close()
+        if collective:
+            import torch.distributed as dist
 
-        dist.barrier()
-        records = merge_shards(out_dir) if rank == 0 else []
-        dist.barrier()
-    else:
-        records = store.records()
-    if report and rank == 0 and (world == 1 or collective):
-        from .report import write_report
+            dist.barrier()
+            records = merge_shards(out_dir) if rank == 0 else []
+            dist.barrier()
+        else:
+            records = store.records()
+        if report and rank == 0 and (world == 1 or collective):
+            from .report import write_report
 
-        write_report(out_dir, records, log=log)
-    return {"ran": ran, "skipped_done": len([c for c in mine if c.key in done]), "todo": len(todo),
-            "cells": len(cells), "notes": notes, "records": records, "rank": rank, "world": world}
+            write_report(out_dir, records, log=log)
+        return {"ran": ran, "skipped_done": len([c for c in mine if c.key in done]), "todo": len(todo),
+                "cells": len(cells), "notes": notes, "records": records, "rank": rank, "world": world}
 
 
 def _bar(total: int, progress: bool, rank: int):
