@@ -308,8 +308,9 @@ def optimize_schedule(
        step of ``sampler`` itself (its first step, through the front door; one or two calls per
        pair). The path with the step count that fits ``nfe`` and the least total cost (later
        steps weighted by ``coeff`` per step, GITS's option) is the DP grid.
-    3. **Refinement** (``refine=True``): starting from the better (end to end) of the DP grid and
-       the sampler's default grid, a coordinate search moves each interior time in log sigma~ and
+    3. **Refinement** (``refine=True``): starting from the best (end to end) of the DP grid, the
+       sampler's default grid, the other standard grids (logsnr, karras) and the AYS SD 1.5
+       shape (:func:`published_grid`), a coordinate search moves each interior time in log sigma~ and
        keeps the moves that lower the pathwise error of the whole ``sampler`` run against the
        teacher at t_min (per sample ||x - x_ref|| / sqrt(d), reduced by ``objective``: ``mean``
        as GITS, ``median``, or ``rms``, which outliers between modes dominate), halving the
@@ -401,8 +402,16 @@ def optimize_schedule(
 
     default_grid = make_grid(sde, steps, spec.default_schedule, device=device)
     err_default, err_dp = loss(default_grid), loss(dp_grid)
-    best, best_err = (dp_grid, err_dp) if err_dp <= err_default else (default_grid, err_default)
-    start = "dp" if err_dp <= err_default else "default"
+    # Start the search from the best (end to end) of the DP grid, the default and the other
+    # standard grids, and the AYS shape: a local search keeps the basin it starts in.
+    starts = {"dp": (dp_grid, err_dp), "default": (default_grid, err_default)}
+    for name in ("logsnr", "karras", "ays_sd15"):
+        if name != spec.default_schedule:
+            ts = published_grid(name, sde, steps).ts.to(device) if name == "ays_sd15" else make_grid(sde, steps, name,
+                                                                                                      device=device)
+            starts[name] = (ts, loss(ts))
+    start = min(starts, key=lambda k: starts[k][1])
+    best, best_err = starts[start]
 
     # 3. Coordinate search in u = log sigma~ on the interior times.
     sweeps = 0
@@ -435,7 +444,8 @@ def optimize_schedule(
         "source": "optimize_schedule", "method": "GITS dynamic programme + end-to-end coordinate search",
         "sampler": sampler, "options": options, "nfe": int(nfe), "steps": steps, "denoise": denoise,
         "sde": _sde_config(sde), "fit": {"n_samples": n_samples, "seed": seed, "candidates": M, "cost": cost,
-                                         "coeff": coeff, "refine": refine, "sweeps": sweeps, "start": start},
+                                         "coeff": coeff, "refine": refine, "sweeps": sweeps, "start": start,
+                                         "start_errors": {k: v[1] for k, v in starts.items()}},
         "fit_error": {"objective": objective, "default": err_default, "dp": err_dp, "final": best_err},
     }
     if n_validate:
