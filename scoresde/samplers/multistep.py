@@ -61,11 +61,11 @@ def _check_order(order, sampler: str) -> int:
 
 
 def _lagrange(nodes: Tensor, j: int, u: Tensor) -> Tensor:
-    """The j-th Lagrange basis polynomial through ``nodes`` evaluated at ``u`` (float64)."""
+    """The j-th Lagrange basis polynomial through ``nodes`` (R, p) at ``u`` (R, Q), float64 (R, Q)."""
     out = torch.ones_like(u)
-    for k in range(len(nodes)):
+    for k in range(nodes.shape[1]):
         if k != j:
-            out = out * (u - nodes[k]) / (nodes[j] - nodes[k])
+            out = out * (u - nodes[:, k:k + 1]) / (nodes[:, j:j + 1] - nodes[:, k:k + 1])
     return out
 
 
@@ -86,22 +86,27 @@ def adams_weights(s: Tensor, order: int, *, kind: str = "lms", t: Tensor | None 
     s = s.to(torch.float64)
     n = len(s) - 1
     C = torch.zeros(n, order, dtype=torch.float64, device=s.device)
-    for i in range(n):
-        p = min(order, i + 1)
-        a, b = s[i], s[i + 1]
+    for p in range(1, order + 1):
+        # Rows of order p: the warm-up row p - 1, and for p = order every later row.
+        rows = torch.arange(p - 1, n if p == order else min(p, n), device=s.device)
+        if rows.numel() == 0:
+            continue
+        a, b = s[rows], s[rows + 1]
         if kind == "ipndm":
-            C[i, :p] = (b - a) * torch.tensor(IPNDM_WEIGHTS[p], dtype=torch.float64, device=s.device)
-        elif kind == "lms":
-            u = 0.5 * (a + b) + 0.5 * (b - a) * _GL_X.to(s.device)
-            for j in range(p):
-                C[i, j] = 0.5 * (b - a) * (_GL_W.to(s.device) * _lagrange(s[i - p + 1:i + 1].flip(0), j, u)).sum()
+            C[rows, :p] = (b - a)[:, None] * torch.tensor(IPNDM_WEIGHTS[p], dtype=torch.float64, device=s.device)
+            continue
+        if kind == "lms":
+            x, w, nodes = _GL_X.to(s.device), _GL_W.to(s.device), torch.stack([s[rows - k] for k in range(p)], 1)
+            u = 0.5 * (a + b)[:, None] + 0.5 * (b - a)[:, None] * x
+            half, dens = 0.5 * (b - a), torch.ones_like(u)
         else:
+            x, w = _GL24_X.to(s.device), _GL24_W.to(s.device)
+            nodes = torch.stack([t[rows - k] for k in range(p)], 1).to(torch.float64)
             v0, v1 = torch.log(a), torch.log(b)
-            v = 0.5 * (v0 + v1) + 0.5 * (v1 - v0) * _GL24_X.to(s.device)
-            tau = sde.t_from_sigma_tilde(torch.exp(v))
-            nodes = t[i - p + 1:i + 1].flip(0).to(torch.float64)
-            for j in range(p):
-                C[i, j] = 0.5 * (v1 - v0) * (_GL24_W.to(s.device) * _lagrange(nodes, j, tau) * torch.exp(v)).sum()
+            v = 0.5 * (v0 + v1)[:, None] + 0.5 * (v1 - v0)[:, None] * x
+            u, half, dens = sde.t_from_sigma_tilde(torch.exp(v)), 0.5 * (v1 - v0), torch.exp(v)
+        for j in range(p):
+            C[rows, j] = half * (w * _lagrange(nodes, j, u) * dens).sum(1)
     # Checked when built: every row integrates a constant exactly (sum = the sigma~ step).
     step = s[1:] - s[:-1]
     err = (C.sum(1) - step).abs() / step.abs()
