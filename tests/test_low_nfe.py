@@ -116,6 +116,15 @@ def test_deis_weights_match_adaptive_quadrature_on_vp_and_lms_on_edm():
                                rtol=1e-11, atol=1e-11)  # quadrature in log sigma~ vs in sigma~: round-off only
 
 
+@pytest.mark.parametrize("kind", ["ipndm", "lms", "deis"])
+def test_adams_weights_on_grids_shorter_than_the_order(kind):
+    sde = VPSDE()
+    for steps in (1, 2, 3):
+        ts = make_grid(sde, steps, "karras")
+        C = adams_weights(sde.sigma_tilde(ts), 4, kind=kind, t=ts, sde=sde)
+        assert C.shape == (steps, 4) and float(C[0, 1:].abs().sum()) == 0.0  # warm start: Euler first
+
+
 def test_adams_weights_reject_a_repeated_level():
     s = torch.tensor([3.0, 2.0, 2.0, 1.0], dtype=F64)
     with pytest.raises(ValueError, match="repeated noise levels"):

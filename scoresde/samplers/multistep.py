@@ -88,9 +88,9 @@ def adams_weights(s: Tensor, order: int, *, kind: str = "lms", t: Tensor | None 
     C = torch.zeros(n, order, dtype=torch.float64, device=s.device)
     for p in range(1, order + 1):
         # Rows of order p: the warm-up row p - 1, and for p = order every later row.
-        rows = torch.arange(p - 1, n if p == order else min(p, n), device=s.device)
-        if rows.numel() == 0:
-            continue
+        if p - 1 >= n:
+            break
+        rows = torch.arange(p - 1, n if p == order else p, device=s.device)
         a, b = s[rows], s[rows + 1]
         if kind == "ipndm":
             C[rows, :p] = (b - a)[:, None] * torch.tensor(IPNDM_WEIGHTS[p], dtype=torch.float64, device=s.device)
