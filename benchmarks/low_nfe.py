@@ -294,17 +294,19 @@ def plot(records, path):
     fig, axes = plt.subplots(1, len(problems), figsize=(5 * len(problems), 4), squeeze=False)
     for ax, p in zip(axes[0], problems, strict=True):
         rs = [r for r in records if r["problem"] == p and not r["stochastic"]]
-        for lab in dict.fromkeys(r["label"] for r in rs):
+        shown = ("unipc", "dpmpp_2m", "heun", "ipndm", "ipndm(order=3)", "lms", "deis")
+        for color, lab in enumerate(shown):
             for gr, style in (("default", "--"), ("optimised", "-")):
                 pts = sorted((r["nfe"], r["path_median"]) for r in rs if r["label"] == lab and r["grid"].startswith(gr))
-                if pts and lab in ("unipc", "ipndm", "lms", "deis", "dpmpp_2m", "heun"):
-                    ax.plot(*zip(*pts, strict=True), style, marker="o", ms=3, label=f"{lab} {gr}")
+                if pts:
+                    ax.plot(*zip(*pts, strict=True), style, color=f"C{color}", marker="o", ms=3, label=f"{lab} {gr}")
         ax.set_yscale("log")
         ax.set_xlabel("NFE")
         ax.set_ylabel("pathwise median ||x - x_ref|| / sqrt(d)")
         ax.set_title(p)
         ax.grid(True, which="both", alpha=0.3)
-    axes[0][0].legend(fontsize=7)
+    axes[0][0].legend(fontsize=7, ncol=2)
+    fig.suptitle("dashed: the sampler's default grid; solid: optimize_schedule's grid (fitted on other x_T)", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 
