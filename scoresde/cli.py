@@ -11,7 +11,7 @@ import importlib
 import sys
 
 # command name -> module under scoresde.commands (kept in the order shown by --help)
-COMMANDS = ("demo", "train", "sample", "likelihood", "bench")
+COMMANDS = ("demo", "train", "sample", "likelihood", "bench", "schedule")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -353,7 +353,7 @@ def test_registry_metadata():
                             "n_corrector_steps": 1, "norm": "per_sample", "corrector_first": False}
     assert spec.default_steps == 1000 and spec.default_schedule == "uniform"
     spec = get("ald")
-    assert spec.options == {"eps": 2e-5, "n_steps_each": 100} and spec.default_steps == 9  # NCSN: L = 10, T = 100
+    assert spec.options == {"eps": None, "n_steps_each": 100} and spec.default_steps == 9  # NCSN: L = 10, T = 100
 
 
 def test_per_sample_norm_warns_in_low_dimension():

@@ -4,7 +4,7 @@
 """
 
 # Importing each family registers its samplers.
-from . import adaptive, exponential, karras, langevin, ode, pc  # noqa: F401
+from . import adaptive, exponential, karras, langevin, multistep, ode, pc, restart  # noqa: F401
 from .api import SampleResult, sample
 from .registry import SAMPLERS, SamplerSpec, Traits, available, get, register, register_sampler, specs
 

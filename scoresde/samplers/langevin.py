@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 from .._utils import append_dims
-from ..registry import Int, Real
+from ..registry import Int, Maybe, Real
 from ..sde import LinearSDE
 from .registry import register
 
@@ -59,12 +59,18 @@ def _check_ald(eps: float, sigma_last: float) -> None:
 
 
 @register("ald", kind="langevin", stochastic=True, default_steps=9, default_schedule="logsnr",
-          params={"eps": Real(gt=0), "n_steps_each": Int(ge=1)}, nfe=lambda steps, o: o["n_steps_each"] * (steps + 1),
+          params={"eps": Maybe(Real(gt=0)), "n_steps_each": Int(ge=1)}, nfe=lambda steps, o: o["n_steps_each"] * (steps + 1),
           nfe_per_step="n_steps_each per noise level; steps + 1 levels", variants=({"n_steps_each": 3},),
           paper="Song & Ermon 2019, Alg. 1 (NCSN annealed Langevin dynamics)")
-def ald(model, sde: LinearSDE, x, ts, *, noise, callback, eps: float = 2e-5, n_steps_each: int = 100):
-    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1); n_steps_each NFE at each of the steps + 1 levels."""
+def ald(model, sde: LinearSDE, x, ts, *, noise, callback, eps: float | None = None, n_steps_each: int = 100):
+    """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1); n_steps_each NFE at each of the steps + 1 levels.
+
+    ``eps`` is the step at the last level; the default ``None`` is NCSN's ratio
+    eps = 0.2 sigma_L^2 (2e-5 at NCSN's sigma_L = 0.01), so it stays valid at any sigma_L.
+    """
     sigma2 = sde.sigma(ts) ** 2
+    if eps is None:
+        eps = 0.2 * float(sigma2[-1])
     _check_ald(eps, float(sigma2[-1]) ** 0.5)
     # alpha_i = eps sigma_i^2 / sigma_L^2 at every time of the grid (float64, before the loop).
     steps = (eps * sigma2 / sigma2[-1]).to(x.dtype)
