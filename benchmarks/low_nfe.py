@@ -3,7 +3,7 @@
 For each mixture (``gmm2d``, ``gmm16d``, ``gmm64d`` of scoresde.bench.problems, VP SDE by default),
 each NFE budget (5, 10, 15, 20; the final Tweedie step counts as one) and each sampler, on its
 default grid, the other standard grid, the Align-Your-Steps (SD 1.5) shape, and (deterministic
-samplers) a grid from :func:`scoresde.schedules.optimize_schedule`:
+samplers) a grid from :func:`scoresde.grids.optimize_schedule`:
 
 * **pathwise error** at t_min: per sample ||x - x_ref|| / sqrt(d), where x_ref is the exact-score
   probability-flow solution from the same x_T (float64 dopri5, rtol = atol = 1e-10; the sampler
@@ -25,7 +25,7 @@ torch runs on one thread (``torch.set_num_threads(1)``), float64.
     python benchmarks/low_nfe.py --quick                # gmm2d, NFE 10, n 500 (about a minute)
 
 Resumable: cells are appended to OUT/cells.jsonl as they finish and skipped on a rerun; the
-optimised grids are kept in OUT/grids/*.json (scoresde.schedules.load_schedule reads them).
+optimised grids are kept in OUT/grids/*.json (scoresde.grids.load_schedule reads them).
 """
 
 from __future__ import annotations

@@ -109,4 +109,3 @@ def _check_grid(sde: LinearSDE, ts: Tensor, what: str) -> None:
             f"t[{i}]={float(tc[i]):.17g}, t[{i + 1}]={float(tc[i + 1]):.17g}"
         )
     sde.check_t(tc, name=what)
-from .grids import PUBLISHED, TimeGrid, load_schedule, optimize_schedule, published_grid, save_schedule  # noqa: E402,F401

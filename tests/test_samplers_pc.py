@@ -336,7 +336,7 @@ def test_pc_bad_options_raise(opts, needle):
 
 
 def test_ald_bad_options_raise():
-    for opts, needle in (({"eps": 0.0}, "eps=0.0 is not accepted; accepted: a finite number > 0"),
+    for opts, needle in (({"eps": 0.0}, "eps=0.0 is not accepted; accepted: None or a finite number > 0"),
                          ({"n_steps_each": 1.5}, "n_steps_each=1.5"),
                          ({"eps": 1e-3}, "must be below 2 sigma_L^2")):
         with pytest.raises(ValueError) as err:

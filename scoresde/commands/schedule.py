@@ -1,6 +1,6 @@
 """Write a time-grid file: an optimised grid for a sampler and budget, a published grid, or a standard one.
 
-The file is JSON (``scoresde.schedules.load_schedule`` reads it; ``sample(schedule=grid)`` takes
+The file is JSON (``scoresde.grids.load_schedule`` reads it; ``sample(schedule=grid)`` takes
 the loaded grid). Examples:
 
     # GITS-style optimisation for ipndm at 10 NFE on the exact 2-D mixture (VP); prints the cost
