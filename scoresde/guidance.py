@@ -600,39 +600,70 @@ def colorization(gray: Any, channels: int = 3, **kwargs: Any) -> Replacement:
 
 
 class DPS(Guidance):
-    """Diffusion posterior sampling (Chung et al. 2023, Eq. 16): the likelihood of the denoised estimate.
+    """Diffusion posterior sampling (Chung et al. 2023): the likelihood of the denoised estimate.
 
-    ``score(x_t | y) ~ score(x_t) + scale * grad_x log N(y; A x0(x_t), noise_std^2 I)``, the
-    gradient taken through the network (one backward pass per evaluation, counted in
-    ``grad_calls``; 1 NFE). Chung et al. take this step with DDPM and a step size
-    ``zeta / ||y - A x0||``; here it is a score correction, so any sampler can use it, and
-    ``scale = 1`` is their approximation ``p(y | x_t) ~ p(y | x0(x_t))`` itself.
+    Two forms of the same approximation ``p(y | x_t) ~ p(y | x0(x_t))`` (Chung et al., Eq. 11),
+    the gradient taken through the network (one backward pass per evaluation, counted in
+    ``grad_calls``; 1 NFE):
+
+    * ``step="score"`` (default): a score correction,
+      ``score(x_t | y) ~ score(x_t) + scale * grad_x log N(y; A x0(x_t), noise_std^2 I)``
+      (Eq. 16 with the Gaussian likelihood), so any sampler can use it; ``scale = 1`` is the
+      approximation itself. Stiff for small noise_std: explicit samplers need
+      ``g(t)^2 dt / noise_std^2`` below ~2 (measured in docs/guidance.md);
+    * ``step="chung"``: Chung et al.'s Alg. 1: the sampler steps with the unguided model and
+      ``project`` then moves the state by ``-zeta grad_x ||y - A x0||^2 / ||y - A x0||``, the
+      gradient at the state of the step's (last) network evaluation; meant for one-evaluation
+      steps (ddim, euler_maruyama, ancestral), as in the paper (DDPM, zeta in [0.1, 1]).
 
     Args:
         observation: a :class:`Mask`, :class:`Matrix` or :class:`Grayscale` (any linear A).
         y: the observation (observation shape, or batched).
-        noise_std: the observation noise std (> 0).
-        scale: multiplies the likelihood gradient.
+        noise_std: the observation noise std (> 0; ``step="score"`` only).
+        scale: multiplies the likelihood gradient (``step="score"``).
+        step: ``score`` or ``chung``.
+        zeta: Chung et al.'s zeta' (``step="chung"``).
     """
 
     needs_grad = True
 
-    def __init__(self, observation: Observation, y: Any, noise_std: float, scale: float = 1.0):
+    def __init__(self, observation: Observation, y: Any, noise_std: float | None = None, scale: float = 1.0, *,
+                 step: str = "score", zeta: float = 1.0):
+        check_choice("step", step, ("score", "chung"))
         self.obs = _Observed(observation, y)
-        self.noise_std = _check_number("noise_std", noise_std, low=0.0, what="a positive finite number")
-        if self.noise_std == 0:
-            raise ValueError("noise_std must be a positive finite number (the DPS likelihood is N(y; A x0, "
-                             "noise_std^2 I)); got 0")
+        self.step = step
+        if step == "score":
+            self.noise_std = _check_number("noise_std", noise_std, low=0.0, what="a positive finite number")
+            if self.noise_std == 0:
+                raise ValueError("noise_std must be a positive finite number (the DPS likelihood is N(y; A x0, "
+                                 "noise_std^2 I)); got 0")
+        else:
+            self.noise_std = None if noise_std is None else _check_number("noise_std", noise_std, low=0.0)
         self.scale = _check_number("scale", scale)
+        self.zeta = _check_number("zeta", zeta, low=0.0, what="a finite number >= 0")
+        self.needs_projection = step == "chung"
+        self._model: DPSModel | None = None
 
     def wrap(self, model: ScoreModel, sde: LinearSDE) -> "DPSModel":
-        return DPSModel(as_model(model, sde), self)
+        self._model = DPSModel(as_model(model, sde), self)
+        return self._model
+
+    def project(self, x: Tensor, t: Tensor, i: int) -> Tensor:
+        if self.step != "chung" or i < 0:
+            return x
+        move = self._model.displacement if self._model is not None else None
+        if move is None or move.shape != x.shape:
+            raise RuntimeError("DPS(step='chung') needs one network evaluation on the whole batch before each "
+                               "projection (use a one-evaluation-per-step sampler such as ddim or euler_maruyama)")
+        self._model.displacement = None
+        return x + move
 
 
 class DPSModel(GuidedModel):
     def __init__(self, inner: ScoreModel, g: DPS):
         super().__init__(inner)
         self.g = g
+        self.displacement: Tensor | None = None  # step="chung": the move project() applies
 
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Prediction:
         B = x.shape[0]
@@ -642,10 +673,18 @@ class DPSModel(GuidedModel):
         with torch.enable_grad():
             xg = x.detach().requires_grad_(True)
             pred = self.inner(xg, t, **cond)
-            r = y - self.g.obs.op.apply(pred.x0)
-            loglik = -0.5 * r.pow(2).reshape(B, -1).sum(1) / self.g.noise_std**2
-            (grad,) = torch.autograd.grad(loglik.sum(), xg)
+            rss = (y - self.g.obs.op.apply(pred.x0)).pow(2).reshape(B, -1).sum(1)
+            if self.g.step == "score":
+                (grad,) = torch.autograd.grad(-0.5 * rss.sum() / self.g.noise_std**2, xg)
+            else:
+                (grad,) = torch.autograd.grad(rss.sum(), xg)
         self.nfe += 1
         self.calls += 1
         self.grad_calls += 1
-        return self._prediction(x, t, "score", pred.score.detach() + self.g.scale * grad.to(x.dtype))
+        score = pred.score.detach()
+        if self.g.step == "chung":
+            # Chung et al. Alg. 1: x <- x - zeta grad ||r||^2 / ||r|| after the step.
+            norm = append_dims(rss.detach().sqrt().clamp_min(1e-30), x.ndim).to(x.dtype)
+            self.displacement = -self.g.zeta * grad.to(x.dtype) / norm
+            return self._prediction(x, t, "score", score)
+        return self._prediction(x, t, "score", score + self.g.scale * grad.to(x.dtype))

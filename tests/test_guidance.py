@@ -352,6 +352,33 @@ def test_dps_correction_is_the_closed_form_for_a_gaussian():
     assert model.stats() == {"nfe": 1, "calls": 1, "grad_calls": 1}
 
 
+def test_dps_chung_step_moves_by_normalised_gradient():
+    """step='chung': the model output is the unguided one, and project() moves x by
+    -zeta grad ||r||^2 / ||r|| = 2 zeta J^T A^T r / ||r|| (Gaussian closed form, as above)."""
+    sde = VPSDE()
+    S = torch.tensor([[1.0, 0.6], [0.6, 0.8]], dtype=F64)
+    mu = torch.tensor([0.5, -1.0], dtype=F64)
+    gs = Gaussian(mu, S)
+    A = torch.tensor([[1.0, 0.5]], dtype=F64)
+    y = torch.tensor([0.3], dtype=F64)
+    g = G.DPS(G.Matrix(A), y, step="chung", zeta=0.3)
+    assert g.needs_projection and g.needs_grad
+    model = g.wrap(gs.model(sde), sde)
+    x, _ = _points(sde, 2, B=8, seed=7)
+    t = torch.full((8,), 0.4, dtype=F64)
+    with pytest.raises(RuntimeError, match="needs one network evaluation"):
+        g.project(x, t, 0)
+    assert g.project(x, t, -1) is x  # x_T: nothing to apply yet
+    assert torch.allclose(model(x, t).score, gs.score(x, t, sde), rtol=1e-12, atol=0)
+    moved = g.project(x, t, 0)
+    a, sg = sde.alpha(t[0]), sde.sigma(t[0])
+    J = a * S @ torch.linalg.inv(a**2 * S + sg**2 * torch.eye(2, dtype=F64))
+    for b in range(8):
+        r = y - A @ (mu + J @ (x[b] - a * mu))
+        want = x[b] + 2 * 0.3 * J.T @ A.T @ r / r.norm()
+        assert torch.allclose(moved[b], want, rtol=1e-10, atol=1e-12)
+
+
 def test_dps_vs_exact_posterior_on_a_mixture():
     """DPS follows the observation but not the exact posterior; the exact oracle does. Measured numbers below."""
     sde = VPSDE()
