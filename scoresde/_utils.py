@@ -43,13 +43,25 @@ def check_choice(name: str, value: Any, choices: Iterable[Any]) -> None:
         raise ValueError(f"{name}={value!r} is not one of the accepted values: {', '.join(map(repr, choices))}")
 
 
+def umask() -> int:
+    """The process's file-creation mask (read without changing it for longer than a call)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write a file atomically: temp file in the same folder, fsync, rename."""
+    """Write a file atomically: temp file in the same folder, fsync, rename.
+
+    The file gets the ordinary mode ``0o666 & ~umask`` (``mkstemp`` alone would make it 0600), so
+    every file the project writes has the same permissions as one made by ``open(path, "w")``.
+    """
     path = os.fspath(path)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()

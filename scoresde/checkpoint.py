@@ -176,10 +176,8 @@ def _write_folder_atomically(path: Path, blobs: dict[str, bytes]) -> None:
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
-        mode = 0o666 & ~_umask()
         for fname, data in blobs.items():
-            atomic_write_bytes(tmp / fname, data)  # fsynced
-            os.chmod(tmp / fname, mode)  # mkstemp makes 0600 files; checkpoints are ordinary files
+            atomic_write_bytes(tmp / fname, data)  # fsynced, mode 0o666 & ~umask
         _fsync_dir(tmp)
         old = None
         if path.exists():  # a directory cannot be renamed onto a non-empty one: move the old aside
@@ -192,12 +190,6 @@ def _write_folder_atomically(path: Path, blobs: dict[str, bytes]) -> None:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _fsync_dir(path: Path) -> None:

@@ -13,7 +13,7 @@ random and breaks the adaptive solver). With v fixed, ``delta(T) = v^T M v`` for
 ``M = int (dF/dx) dt`` along the path, an unbiased estimate of ``tr M``; ``n_probes`` independent
 probes share one solve (one network call per evaluation) and give a mean and a standard error.
 
-Two biases remain and are the user's to judge (documented in docs/metrics_likelihood): the value
+Two biases remain and are the user's to judge (documented in docs/likelihood.md): the value
 is the density of the noised marginal at ``t_min`` (not of the data at t = 0), and the prior
 ``N(0, prior_std^2 I)`` is only approximately the true marginal at T.
 """
@@ -28,21 +28,17 @@ import torch
 from torch import Tensor
 from torchdiffeq import odeint
 
-try:  # the solver names, to reject unknown methods before solving (private path: optional)
-    from torchdiffeq._impl.odeint import SOLVERS
-except ImportError:  # pragma: no cover - a torchdiffeq layout we do not know; odeint checks itself
-    SOLVERS = None
-
+from . import _torchdiffeq as tdq
 from ._utils import check_choice
 from .model import ScoreModel, as_model
 from .random import PerSampleNoise, make_seeds
+from .registry import Real
 from .sde import LinearSDE
 
 __all__ = ["log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize", "EXACT_MAX_DIM"]
 
 #: the exact divergence costs one backward pass per dimension; above this D use Hutchinson.
 EXACT_MAX_DIM = 256
-_FIXED_GRID = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams", "fixed_adams")
 
 
 @dataclass
@@ -250,9 +246,10 @@ def log_likelihood(
     """
     check_choice("estimator", estimator, ("exact", "hutchinson"))
     check_choice("probe", probe, ("rademacher", "gaussian"))
-    if SOLVERS is not None:
-        check_choice("method", method, tuple(SOLVERS))
-    if method in _FIXED_GRID and not (options and ("step_size" in options or "grid_constructor" in options)):
+    check_choice("method", method, tuple(tdq.SOLVERS))
+    for name, tol in (("rtol", rtol), ("atol", atol)):
+        Real(gt=0).check(name, tol, "log_likelihood")
+    if method in tdq.FIXED_METHODS and not (options and ("step_size" in options or "grid_constructor" in options)):
         raise ValueError(f"method={method!r} is a fixed-step solver: give options={{'step_size': ...}} (or use 'dopri5')")
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError(f"x must be a tensor of shape (B, *D); got {getattr(x, 'shape', type(x).__name__)}")

@@ -15,12 +15,13 @@ shape, dtype and device) is a noise source; :class:`GeneratorNoise` wraps one
 from __future__ import annotations
 
 import math
-from typing import Iterable, Protocol, Sequence
+from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseSource", "PerSampleNoise", "GeneratorNoise", "TensorNoise", "philox_normal", "make_seeds"]
+__all__ = ["NoiseSource", "IndexedNoise", "PerSampleNoise", "GeneratorNoise", "TensorNoise", "philox_normal", "make_seeds",
+           "draw_indexed", "stream_position", "advance_stream"]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
@@ -30,6 +31,39 @@ _MASK32 = 0xFFFFFFFF
 class NoiseSource(Protocol):
     def __call__(self, like: Tensor) -> Tensor:  # standard normal noise shaped like ``like``
         ...
+
+
+@runtime_checkable
+class IndexedNoise(Protocol):
+    """A noise source whose draws are indexed per sample (counter-based, e.g. :class:`PerSampleNoise`).
+
+    ``draws`` is the index of the next batch-wide draw; ``draw_per_sample(like, counters)`` gives
+    sample i its draw number ``counters[i]``, so samples that advance at their own pace (adaptive
+    steps) still get a noise stream that does not depend on the batch.
+    """
+
+    draws: int
+
+    def __call__(self, like: Tensor) -> Tensor: ...
+
+    def draw_per_sample(self, like: Tensor, counters: Tensor) -> Tensor: ...
+
+
+def stream_position(noise: NoiseSource) -> int:
+    """The next draw index of an indexed source (0 for any other source)."""
+    return int(noise.draws) if isinstance(noise, IndexedNoise) else 0
+
+
+def draw_indexed(noise: NoiseSource, like: Tensor, counters: Tensor) -> Tensor:
+    """Sample i's draw number ``counters[i]`` from an indexed source; the next batch draw from any other."""
+    return noise.draw_per_sample(like, counters) if isinstance(noise, IndexedNoise) else noise(like)
+
+
+def advance_stream(noise: NoiseSource, position: int) -> None:
+    """Move an indexed source's batch stream to ``position`` (no-op for other sources), so later draws stay
+    disjoint from the per-sample draws made below it."""
+    if isinstance(noise, IndexedNoise):
+        noise.draws = max(int(noise.draws), int(position))
 
 
 def _mulhilo(a: int, b: Tensor) -> tuple[Tensor, Tensor]:

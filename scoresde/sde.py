@@ -23,8 +23,15 @@ import torch
 from torch import Tensor
 
 from ._utils import append_dims, as_time
+from .registry import Registry
 
-__all__ = ["LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "sde_from_config"]
+__all__ = ["LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "sde_from_config", "make_sde", "SDES", "CAPABILITIES"]
+
+#: capabilities an SDE may declare (``LinearSDE.capabilities``) and samplers may require.
+CAPABILITIES: dict[str, str] = {
+    "extends_beyond_T": "its schedule is defined for t > T, so a noise level sigma~ above sigma~(T) maps to a time "
+                        "(EDM's churn raises sigma~ above the grid's top)",
+}
 
 
 class LinearSDE:
@@ -39,8 +46,9 @@ class LinearSDE:
         t_min: the smallest time used for training and sampling (``eps`` in Song et al.).
     """
 
-    #: whether ``inverse_lambda`` is available (bisection always is for a monotone lambda).
-    has_inverse_lambda = True
+    #: capabilities beyond the base interface (see :data:`CAPABILITIES`); samplers declare the ones
+    #: they need (``requires=``) and ``sample()`` checks them before any network call.
+    capabilities: frozenset[str] = frozenset()
 
     def __init__(self, T: float = 1.0, t_min: float = 1e-3):
         T, t_min = float(T), float(t_min)
@@ -50,6 +58,10 @@ class LinearSDE:
             raise ValueError(f"need 0 <= t_min < T; got t_min={t_min}, T={T}")
         self.T = T
         self.t_min = t_min
+
+    def provides(self, capability: str) -> bool:
+        """Whether the SDE has ``capability``: a declared capability or a callable attribute of that name."""
+        return capability in self.capabilities or callable(getattr(self, capability, None))
 
     # ------------------------------------------------------------------ schedules (define these)
     def log_alpha(self, t: Tensor) -> Tensor:
@@ -94,10 +106,21 @@ class LinearSDE:
         return self.log_alpha(t) - self.log_sigma(t)
 
     def inverse_lambda(self, lam: Tensor) -> Tensor:
-        """t such that lambda(t) = lam, by float64 bisection on [0, T] (exact to ~1e-15 T)."""
+        """t such that lambda(t) = lam, by float64 bisection on [0, T] (exact to ~1e-15 T).
+
+        With the capability ``extends_beyond_T`` the bracket grows past T (doubling) until it
+        holds every lam; otherwise a lam below lambda(T) maps to T.
+        """
         lam = as_time(lam)
         lo = torch.zeros_like(lam)
-        hi = torch.full_like(lam, self.T)
+        top = self.T
+        if "extends_beyond_T" in self.capabilities:
+            lam_min = float(lam.min()) if lam.numel() else 0.0
+            for _ in range(60):
+                if float(self.lam(as_time(top))) <= lam_min:
+                    break
+                top *= 2.0
+        hi = torch.full_like(lam, top)
         for _ in range(80):  # 2^-80 T: below float64 resolution of t
             mid = 0.5 * (lo + hi)
             go_right = self.lam(mid) > lam  # lambda decreasing: the root is to the right
@@ -243,18 +266,26 @@ class LinearSDE:
         t_min: float = 1e-3,
         prior_std: float | None = None,
         name: str = "CustomSDE",
+        capabilities: tuple[str, ...] = (),
     ) -> "LinearSDE":
         """Build a linear SDE from its two schedule functions (float64 tensor in, tensor out).
 
         ``f``, ``g^2``, ``lambda`` and its inverse are derived (autograd and bisection).
-        ``lambda`` must be strictly decreasing on (0, T].
+        ``lambda`` must be strictly decreasing on (0, T]. ``capabilities``: any of
+        :data:`CAPABILITIES` the schedule has (e.g. ``extends_beyond_T`` if the two functions are
+        valid for t > T).
         """
-        return _ScheduleSDE(log_alpha, sigma, T=T, t_min=t_min, prior_std=prior_std, name=name)
+        return _ScheduleSDE(log_alpha, sigma, T=T, t_min=t_min, prior_std=prior_std, name=name,
+                            capabilities=capabilities)
 
 
 class _ScheduleSDE(LinearSDE):
-    def __init__(self, log_alpha, sigma, *, T, t_min, prior_std, name):
+    def __init__(self, log_alpha, sigma, *, T, t_min, prior_std, name, capabilities=()):
+        unknown = sorted(set(capabilities) - set(CAPABILITIES))
+        if unknown:
+            raise ValueError(f"capabilities {unknown} are not known; accepted: {', '.join(CAPABILITIES)}")
         super().__init__(T=T, t_min=t_min)
+        self.capabilities = frozenset(capabilities)
         self._log_alpha_fn = log_alpha
         self._sigma_fn = sigma
         self._prior_std = prior_std
@@ -292,6 +323,8 @@ def _check_pos(name: str, value: float) -> float:
 
 class _BetaSchedule(LinearSDE):
     """Shared closed forms of the linear-beta schedule: log alpha = -t^2 (b1-b0)/4 - t b0/2."""
+
+    capabilities = frozenset({"extends_beyond_T"})
 
     def __init__(self, beta_min: float, beta_max: float, T: float, t_min: float):
         beta_min = _check_pos("beta_min", beta_min)
@@ -391,6 +424,8 @@ class VESDE(LinearSDE):
     Defaults from Song et al. 2021 (t_min = 1e-5 as in their VE configs).
     """
 
+    capabilities = frozenset({"extends_beyond_T"})
+
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, t_min: float = 1e-5):
         sigma_min = _check_pos("sigma_min", sigma_min)
         sigma_max = _check_pos("sigma_max", sigma_max)
@@ -432,6 +467,8 @@ class EDMSDE(LinearSDE):
     Prior N(0, sigma_max^2 I).
     """
 
+    capabilities = frozenset({"extends_beyond_T"})
+
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
         sigma_min = _check_pos("sigma_min", sigma_min)
         sigma_max = _check_pos("sigma_max", sigma_max)
@@ -466,7 +503,18 @@ class EDMSDE(LinearSDE):
         return self.sigma_max
 
 
-_SDES = {cls.__name__: cls for cls in (VPSDE, SubVPSDE, VESDE, EDMSDE)}
+#: the built-in SDEs by short name (aliases: the class names, used in checkpoints). Option types come
+#: from the constructors' defaults; the constructors check ranges (sigma_min < sigma_max, ...).
+SDES = Registry("SDE")
+SDES.add("vp", VPSDE, aliases=("VPSDE",))
+SDES.add("subvp", SubVPSDE, aliases=("SubVPSDE",))
+SDES.add("ve", VESDE, aliases=("VESDE",))
+SDES.add("edm", EDMSDE, aliases=("EDMSDE",))
+
+
+def make_sde(name: str, **kwargs) -> LinearSDE:
+    """A built-in SDE by short name (``vp``, ``subvp``, ``ve``, ``edm``) or class name, options checked."""
+    return SDES.build(name, **kwargs)
 
 
 def sde_from_config(cfg: dict) -> LinearSDE:
@@ -474,9 +522,12 @@ def sde_from_config(cfg: dict) -> LinearSDE:
     if not isinstance(cfg, dict) or "class" not in cfg:
         raise ValueError(f"an SDE config must be a dict with 'class' and 'kwargs'; got {cfg!r}")
     name = cfg["class"]
-    if name not in _SDES:
-        raise ValueError(f"unknown SDE class {name!r}; accepted: {', '.join(_SDES)}")
+    if name not in SDES:
+        raise ValueError(f"unknown SDE class {name!r}; accepted: {', '.join(SDES.names(aliases=True))}")
     kwargs = cfg.get("kwargs", {})
     if not isinstance(kwargs, dict):
         raise ValueError(f"SDE config kwargs must be a dict; got {kwargs!r}")
-    return _SDES[name](**kwargs)
+    try:
+        return make_sde(name, **kwargs)
+    except TypeError as err:  # unknown or missing option: a config error
+        raise ValueError(str(err)) from None

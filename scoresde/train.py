@@ -37,8 +37,10 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint as ckpt_mod
+from . import distributed
 from ._utils import check_choice
 from .model import NonFiniteError, ScoreModel
+from .plots import image_range, save_sample_figure  # noqa: F401  (public here since 0.1)
 from .sde import LinearSDE
 
 __all__ = ["TrainConfig", "Trainer", "train_points", "default_parameterization", "data_std", "save_sample_figure",
@@ -140,21 +142,6 @@ class _TensorData:
         return None
 
 
-# ------------------------------------------------------------------------------------------- distributed
-def _dist_env() -> tuple[int, int, int]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    return int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))
-
-
-def _pick_device(name: str, local_rank: int) -> torch.device:
-    if name == "auto":
-        return torch.device(f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank)
-    return dev
-
-
 class Trainer:
     """Trains a :class:`ScoreModel` on a data set; see the module docstring for the semantics.
 
@@ -175,13 +162,13 @@ class Trainer:
         self.config = cfg = config or TrainConfig()
         self.data = data if hasattr(data, "x") else _TensorData(data)
         self.out = Path(out) if out is not None else None
-        self.rank, self.world, local_rank = _dist_env()
-        self.device = _pick_device(cfg.device, local_rank)
+        self.rank, self.world, local_rank = distributed.env()
+        self.device = distributed.pick_device(cfg.device, local_rank)
         if cfg.amp != "none" and self.device.type != "cuda":
             raise ValueError(f"amp={cfg.amp!r} needs a CUDA device; training runs on {self.device} (use amp='none')")
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the number of processes ({self.world})")
-        self._init_dist()
+        distributed.init(self.device)
         self.loss_fn = get_loss(cfg.loss, **cfg.loss_kwargs)
         self.model = model
         self.net: nn.Module = model.net
@@ -215,16 +202,6 @@ class Trainer:
         self._saved_step = -1
 
     # ------------------------------------------------------------------------------------- setup
-    def _init_dist(self) -> None:
-        if self.world == 1:
-            return
-        import torch.distributed as dist
-
-        if self.device.type == "cuda":
-            torch.cuda.set_device(self.device)
-        if not dist.is_initialized():
-            dist.init_process_group(backend="nccl" if self.device.type == "cuda" else "gloo")
-
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -232,10 +209,7 @@ class Trainer:
     def close(self) -> None:
         """Tear down the process group (when there is one)."""
         if self.world > 1:
-            import torch.distributed as dist
-
-            if dist.is_initialized():
-                dist.destroy_process_group()
+            distributed.shutdown()
 
     # ------------------------------------------------------------------------------------- one step
     def _lr(self, step: int) -> float:
@@ -522,68 +496,6 @@ def train_points(data: Tensor, sde: LinearSDE, *, steps: int = 3000, seed: int =
     trainer = Trainer(model, data, cfg, out=out, net_name="mlp")
     trainer.fit()
     return trainer.ema_model()
-
-
-def image_range(scaler: Any, shape: tuple[int, ...]) -> tuple[float, float]:
-    """The data-space value range of images whose model space is [-1, 1] (the convention of
-    :mod:`scoresde.data`), through ``scaler`` (None: [-1, 1])."""
-    ends = torch.stack([-torch.ones(shape), torch.ones(shape)])
-    if scaler is not None:
-        ends = scaler.from_model(ends)
-    return float(ends.min()), float(ends.max())
-
-
-def save_sample_figure(x: Tensor, path: str | os.PathLike, *, title: str | None = None,
-                       value_range: tuple[float, float] | None = None) -> Path:
-    """A PNG of samples in data space: scatter for (N, 2) points, a grid for (N, C, H, W) images.
-
-    Images are shown clipped to ``value_range`` (default: the 0.5% and 99.5% quantiles of x).
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    x = x.detach().float().cpu()
-    if x.ndim == 4:
-        if value_range is None:
-            q = torch.quantile(x.flatten()[:1_000_000].double(), torch.tensor([0.005, 0.995], dtype=torch.float64))
-            value_range = (float(q[0]), float(q[1]))
-        lo, hi = value_range
-        fig = _image_grid_figure(plt, x.clamp(lo, hi), lo, max(hi, lo + 1e-12))
-    else:
-        flat = x.reshape(x.shape[0], -1)
-        if flat.shape[1] < 2:
-            flat = torch.cat([flat, torch.zeros_like(flat)], 1)
-        fig, ax = plt.subplots(figsize=(4.5, 4.5))
-        ax.scatter(flat[:, 0].numpy(), flat[:, 1].numpy(), s=2, alpha=0.5, lw=0)
-        ax.set_aspect("equal", adjustable="datalim")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    tmp = path.with_name(f".tmp-{path.name}")
-    fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
-
-
-def _image_grid_figure(plt, x: Tensor, lo: float, hi: float):
-    n, c, h, w = x.shape
-    cols = int(math.ceil(math.sqrt(n)))
-    rows = int(math.ceil(n / cols))
-    grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), lo + 0.35 * (hi - lo))  # grey separators
-    for i in range(n):
-        r, q = divmod(i, cols)
-        grid[:, 1 + r * (h + 1):1 + r * (h + 1) + h, 1 + q * (w + 1):1 + q * (w + 1) + w] = x[i]
-    img = grid[0] if c == 1 else ((grid - lo) / (hi - lo)).permute(1, 2, 0).clamp(0, 1)
-    fig, ax = plt.subplots(figsize=(max(3.0, cols * 0.7), max(3.0, rows * 0.7)))
-    ax.imshow(img.numpy(), cmap="gray" if c == 1 else None, vmin=lo if c == 1 else None, vmax=hi if c == 1 else None,
-              interpolation="nearest")
-    ax.axis("off")
-    return fig
 
 
 if __name__ == "__main__":  # pragma: no cover

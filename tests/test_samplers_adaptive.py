@@ -134,13 +134,14 @@ def test_norms_coincide_in_one_dimension_and_order_in_more():
 @pytest.mark.parametrize(
     "opts,needle",
     [
-        ({"norm": "L1"}, "norm='L1' is not one of the accepted values: 'L2_scaled', 'L2', 'Linf'"),
-        ({"error_estimate": "both"}, "error_estimate='both' is not one of the accepted values: 'sde', 'ode'"),
-        ({"abstol": 0.0}, "abstol must be positive; got abstol=0.0"),
-        ({"reltol": -1e-3}, "reltol must be non-negative; got reltol=-0.001"),
-        ({"safety": 1.5}, r"safety must lie in \(0, 1\]; got safety=1.5"),
-        ({"h_init": 0}, "h_init must be positive; got h_init=0"),
-        ({"max_iterations": 0}, "max_iterations must be a positive integer; got max_iterations=0"),
+        ({"norm": "L1"}, "norm='L1' is not accepted; accepted: 'L2_scaled', 'L2', 'Linf'"),
+        ({"error_estimate": "both"}, "error_estimate='both' is not accepted; accepted: 'sde', 'ode'"),
+        ({"abstol": 0.0}, "abstol=0.0 is not accepted; accepted: a finite number > 0"),
+        ({"reltol": -1e-3}, "reltol=-0.001 is not accepted; accepted: a finite number >= 0"),
+        ({"safety": 1.5}, "safety=1.5 is not accepted; accepted: a finite number > 0 and <= 1"),
+        ({"h_init": 0}, "h_init=0 is not accepted; accepted: a finite number > 0"),
+        ({"max_iterations": 0}, "max_iterations=0 is not accepted; accepted: an integer >= 1"),
+        ({"max_iterations": 2.5}, "max_iterations=2.5 is not accepted; accepted: an integer >= 1"),
     ],
 )
 def test_bad_options_raise_naming_them(opts, needle):

@@ -108,7 +108,10 @@ def test_point_mass_shows_error_of_a_non_exponential_method(sde):
 GAUSS = Gaussian(torch.tensor([0.5, -1.0, 2.0]), cov=torch.tensor([0.25, 1.0, 0.04]))
 ORDER_CASES = [
     ("ddim", {}, None), ("heun", {}, None), ("edm_sde", {}, None), ("euler_ancestral", {"eta": 0.0}, None),
-    ("dpmpp_2m", {}, None), ("dpmpp_2m", {"solver_type": "taylor"}, None), ("dpmpp_3m", {}, None),
+    ("dpmpp_2m", {}, None), ("dpmpp_2m", {"solver_type": "taylor"}, None),
+    # Declared order 2 (asymptotic: the first-order first and last steps cap it); on karras grids at 32-256
+    # steps its third-order term still dominates (the cap shows from ~512 steps; see the midpoint test below).
+    ("dpmpp_3m", {}, 3.0), ("dpmpp_3m", {"first_step": "midpoint", "lower_order_final": False}, None),
     ("unipc", {}, None), ("unipc", {"variant": "bh1"}, None), ("unipc", {"order": 1}, 2.0),
 ]
 
@@ -131,7 +134,7 @@ def _slope(sde, name, opts, steps_list):
 def test_convergence_order_on_gaussian_data(sde, name, opts, order):
     # Karras grids (rho = 7) for all samplers: on uniform-lambda grids the 3M/UniPC errors show a
     # pre-asymptotic slope near 4 (uniform steps cancel their leading term), which would hide the order.
-    order = get(name).order if order is None else order
+    order = get(name).traits(opts).order if order is None else order
     slope, errs = _slope(sde, name, opts, [32, 64, 128, 256])
     # Between 32 and 256 steps the local slopes we measured stay within 0.15 of the order (curvature
     # of the pre-asymptotic range); 0.25 allows for that and still separates orders 1, 2, 3.
@@ -175,9 +178,10 @@ def test_dpmpp_3m_midpoint_first_step_restores_third_order():
 def test_dpmpp_3m_midpoint_has_no_table_and_bad_first_step_is_named():
     sde = VPSDE()
     ts = make_grid(sde, 8, "logsnr")
-    with pytest.raises(ValueError, match="first_step='midpoint' has no coefficient table"):
-        get("dpmpp_3m").coefficients(sde, ts, first_step="midpoint")
-    with pytest.raises(ValueError, match=r"first_step='rk4' is not one of the accepted values: 'ddim', 'midpoint'"):
+    with pytest.raises(ValueError, match="has no coefficient table for options"):
+        get("dpmpp_3m").table(sde, ts, first_step="midpoint")
+    assert not get("dpmpp_3m").traits({"first_step": "midpoint"}).table
+    with pytest.raises(ValueError, match=r"first_step='rk4' is not accepted; accepted: 'ddim', 'midpoint'"):
         sample(GAUSS.model(sde), sde, (2, 3), "dpmpp_3m", 4, first_step="rk4")
 
 
@@ -209,7 +213,8 @@ def test_table_runner_matches_eager_sampler(sde, name, opts):
         ts = make_grid(sde, steps, spec.default_schedule)
         x_T = _x_T(sde, 6, 2, seed=3)
         seeds = torch.arange(6)
-        eager = spec.fn(model, sde, x_T, ts, noise=PerSampleNoise(seeds), callback=lambda i, x: None, **opts)
+        eager = spec.fn(model, sde, x_T, ts, noise=PerSampleNoise(seeds), callback=lambda i, x: x,
+                        **spec.validate(opts))
         table = spec.coefficients(sde, ts, **opts)
         ran = run_table(model, sde, x_T, ts, table, PerSampleNoise(seeds))
         # Same arithmetic up to re-association (D-differences expanded into weights; x/alpha with
@@ -444,14 +449,23 @@ def test_unipc_corrector_costs_no_extra_nfe():
 
 
 def test_edm_sde_churn_beyond_T_needs_an_extrapolating_inverse():
-    # A user-defined SDE inverts lambda by bisection on [0, T]: it cannot give t_hat > T.
-    sde = LinearSDE.from_schedule(lambda t: -0.5 * t * 4.0, lambda t: torch.sqrt(-torch.expm1(-t * 4.0)), t_min=1e-3)
-    model = MIX.model(sde)
-    with pytest.raises(ValueError, match=r"S_churn=20.0 raises sigma~ .* lower S_churn or set S_tmax"):
-        sample(model, sde, (4, 2), "edm_sde", 8, seeds=range(4), S_churn=20.0)
-    s_T = float(sde.sigma_tilde(torch.tensor(sde.T, dtype=F64)))
-    res = sample(model, sde, (4, 2), "edm_sde", 8, seeds=range(4), S_churn=20.0, S_tmax=0.5 * s_T)
+    # A user-defined SDE inverts lambda by bisection on [0, T] unless it declares that its schedule extends
+    # beyond T: churn (which raises sigma~ above the grid's top) is refused before sampling without it.
+    def user(**kw):
+        return LinearSDE.from_schedule(lambda t: -0.5 * t * 4.0, lambda t: torch.sqrt(-torch.expm1(-t * 4.0)),
+                                       t_min=1e-3, **kw)
+
+    sde = user()
+    with pytest.raises(ValueError, match=r"needs the SDE capability 'extends_beyond_T'"):
+        sample(MIX.model(sde), sde, (4, 2), "edm_sde", 8, seeds=range(4), S_churn=20.0)
+    sde = user(capabilities=("extends_beyond_T",))
+    res = sample(MIX.model(sde), sde, (4, 2), "edm_sde", 8, seeds=range(4), S_churn=20.0)
     assert bool(torch.isfinite(res.x).all())
+    # The churned times really lie beyond T, and map back to the raised sigma~ (bisection past T).
+    s_hat = sde.sigma_tilde(torch.tensor(sde.T, dtype=F64)) * 1.4
+    t_hat = sde.t_from_sigma_tilde(s_hat)
+    assert float(t_hat) > sde.T
+    torch.testing.assert_close(sde.sigma_tilde(t_hat), s_hat, rtol=1e-12, atol=0)
 
 
 @pytest.mark.parametrize(
@@ -463,12 +477,12 @@ def test_edm_sde_churn_beyond_T_needs_an_extrapolating_inverse():
         ("dpmpp_2m_sde", {"solver_type": "heun"}, r"solver_type='heun' .* 'dpmsolver', 'taylor'"),
         ("unipc", {"variant": "bh3"}, r"variant='bh3' .* 'bh1', 'bh2'"),
         ("unipc", {"order": 4}, r"order=4 .* 1, 2, 3"),
-        ("ddim", {"eta": 1.5}, r"eta=1.5 .* 0 <= eta <= 1"),
-        ("ddim", {"eta": -0.1}, r"eta=-0.1 .* 0 <= eta <= 1"),
+        ("ddim", {"eta": 1.5}, r"eta=1.5 is not accepted; accepted: a finite number >= 0 and <= 1"),
+        ("ddim", {"eta": -0.1}, r"eta=-0.1 is not accepted; accepted: a finite number >= 0 and <= 1"),
         ("euler_ancestral", {"eta": -1.0}, r"eta=-1.0 .* >= 0"),
         ("euler_ancestral", {"s_noise": float("nan")}, r"s_noise=nan .* >= 0"),
         ("edm_sde", {"S_churn": -1.0}, r"S_churn=-1.0 .* >= 0"),
-        ("edm_sde", {"S_tmin": 2.0, "S_tmax": 1.0}, r"S_tmax=1.0 .* >= 2"),
+        ("edm_sde", {"S_tmin": 2.0, "S_tmax": 1.0}, r"S_tmax=1.0 is below S_tmin=2.0"),
     ],
 )
 def test_invalid_options_name_the_option_and_accepted_values(name, opts, pattern):
@@ -480,10 +494,17 @@ def test_invalid_options_name_the_option_and_accepted_values(name, opts, pattern
 def test_registry_metadata():
     meta = {name: get(name) for name in ("heun", "edm_sde", "euler_ancestral", "ddim", "dpmpp_2m", "dpmpp_3m",
                                          "dpmpp_2m_sde", "unipc")}
+    # Traits at the defaults: deterministic orders, strong orders of the stochastic ones.
     assert {n: s.order for n, s in meta.items()} == {
-        "heun": 2, "edm_sde": 2, "euler_ancestral": 1, "ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 3,
-        "dpmpp_2m_sde": 1, "unipc": 3}
-    assert meta["heun"].default_steps == 17 and meta["heun"].nfe_per_step == "2"
+        "heun": 2, "edm_sde": 2, "euler_ancestral": None, "ddim": 1, "dpmpp_2m": 2, "dpmpp_3m": 2,
+        "dpmpp_2m_sde": None, "unipc": 3}
+    assert {n: s.strong_order for n, s in meta.items() if s.strong_order} == {"euler_ancestral": 1.0, "dpmpp_2m_sde": 1.0}
+    # ... and as functions of the options.
+    assert get("euler_ancestral").traits({"eta": 0.0}).order == 1
+    assert get("dpmpp_3m").traits({"first_step": "midpoint", "lower_order_final": False}).order == 3
+    assert get("edm_sde").traits({"S_churn": 10.0}).stochastic and get("ddim").traits({"eta": 0.5}).stochastic
+    assert get("unipc").traits({"order": 1}).order == 2
+    assert meta["heun"].default_steps == 17 and meta["heun"].traits().nfe(17) == 34
     assert {n for n, s in meta.items() if s.stochastic} == {"euler_ancestral", "dpmpp_2m_sde"}
     assert {n for n, s in meta.items() if s.exact_for_point_mass} == {
         "heun", "edm_sde", "ddim", "dpmpp_2m", "dpmpp_3m", "unipc"}

@@ -188,10 +188,10 @@ def test_scipy_failure_raises_with_scipy_message():
 
 
 @pytest.mark.parametrize("sampler,opts,needle", [
-    ("ode", {"method": "rk45"}, "method='rk45' is not one of the accepted values: 'dopri8', 'dopri5'"),
-    ("ode_scipy", {"method": "dopri5"}, "method='dopri5' is not one of the accepted values: 'RK45'"),
-    ("ode", {"rtol": 0.0}, "rtol=0.0 must be a positive"),
-    ("ode_scipy", {"atol": -1.0}, "atol=-1.0 must be a positive"),
+    ("ode", {"method": "rk45"}, "method='rk45' is not accepted; accepted: 'dopri8', 'dopri5'"),
+    ("ode_scipy", {"method": "dopri5"}, "method='dopri5' is not accepted; accepted: 'RK45'"),
+    ("ode", {"rtol": 0.0}, "rtol=0.0 is not accepted; accepted: a finite number > 0"),
+    ("ode_scipy", {"atol": -1.0}, "atol=-1.0 is not accepted; accepted: a finite number > 0"),
     ("ode", {"method": "rk4", "solver_options": {"step_size": 0.1}}, "solver_options ['step_size'] are not accepted"),
 ])
 def test_bad_options_raise(sampler, opts, needle):

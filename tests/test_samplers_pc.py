@@ -321,12 +321,12 @@ def test_ald_logsnr_grid_is_ncsn_geometric_on_ve():
 
 
 @pytest.mark.parametrize("opts,needle", [
-    ({"predictor": "heun"}, "predictor='heun' is not one of the accepted values: 'euler_maruyama'"),
-    ({"corrector": "mala"}, "corrector='mala' is not one of the accepted values: 'langevin', 'ald', 'none'"),
-    ({"norm": "l1"}, "norm='l1' is not one of the accepted values: 'per_sample', 'batch'"),
+    ({"predictor": "heun"}, "predictor='heun' is not accepted; accepted: 'euler_maruyama'"),
+    ({"corrector": "mala"}, "corrector='mala' is not accepted; accepted: 'langevin', 'ald', 'none'"),
+    ({"norm": "l1"}, "norm='l1' is not accepted; accepted: 'per_sample', 'batch'"),
     ({"corrector_first": "yes"}, "corrector_first='yes'"),
-    ({"snr": -1.0}, "snr=-1.0 must be a positive"),
-    ({"n_corrector_steps": 0}, "n_corrector_steps=0 must be a positive integer"),
+    ({"snr": -1.0}, "snr=-1.0 is not accepted; accepted: a finite number > 0"),
+    ({"n_corrector_steps": 0}, "n_corrector_steps=0 is not accepted; accepted: an integer >= 1"),
     ({"predictor": "none", "corrector": "none"}, "predictor='none' with corrector='none'"),
 ])
 def test_pc_bad_options_raise(opts, needle):
@@ -336,7 +336,8 @@ def test_pc_bad_options_raise(opts, needle):
 
 
 def test_ald_bad_options_raise():
-    for opts, needle in (({"eps": 0.0}, "eps=0.0 must be a positive"), ({"n_steps_each": 1.5}, "n_steps_each=1.5"),
+    for opts, needle in (({"eps": 0.0}, "eps=0.0 is not accepted; accepted: a finite number > 0"),
+                         ({"n_steps_each": 1.5}, "n_steps_each=1.5"),
                          ({"eps": 1e-3}, "must be below 2 sigma_L^2")):
         with pytest.raises(ValueError) as err:
             sample(RING.model(VE), VE, (2, 2), "ald", 2, **opts)

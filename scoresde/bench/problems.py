@@ -25,11 +25,11 @@ import torch
 from torch import Tensor
 
 from ..exact import GaussianMixture
-from ..sde import EDMSDE, VESDE, VPSDE, LinearSDE, SubVPSDE
+from ..sde import SDES, LinearSDE
 
 __all__ = ["Problem", "get_problem", "MIXTURES", "SDES", "mixture", "builtin_problem_names"]
 
-SDES: dict[str, Callable[[], LinearSDE]] = {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE}
+# SDES: the SDE registry (scoresde.sde.SDES): short names vp, subvp, ve, edm
 
 # Seed offsets of the exact sets: reference = REF + seed, floor repeat r = FLOOR + 1000 seed + r.
 _REF, _FLOOR = 1_000_003, 2_000_003

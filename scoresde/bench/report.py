@@ -15,6 +15,7 @@ from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 from .._utils import atomic_write_text
+from ..plots import pyplot, save_figure
 from .quality import METRICS
 
 __all__ = ["aggregate", "markdown_table", "pivot_table", "plot_problem", "write_report", "floor_band"]
@@ -182,10 +183,7 @@ def pivot_table(records: list[dict[str, Any]], problem: str, metric: str = "sw2"
 
 def plot_problem(records: list[dict[str, Any]], problem: str, metric: str, path: str, *, title: str | None = None) -> bool:
     """Quality vs NFE and vs wall time for one problem and metric; False when nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     rows = [r for r in aggregate(records) if r["problem"] == problem and metric in r and r["errors"] < r["seeds"]]
     if not rows:
@@ -219,11 +217,7 @@ def plot_problem(records: list[dict[str, Any]], problem: str, metric: str, path:
     n = precs[0]["n"] if precs else "?"
     fig.suptitle(title or f"{problem}: {_NAMES.get(metric, metric)} vs cost (n = {n}; mean over seeds)")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
+    save_figure(fig, path)
     return True
 
 

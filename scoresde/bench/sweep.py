@@ -22,7 +22,9 @@ from typing import Any, Callable
 
 import torch
 
+from .. import distributed
 from .._utils import atomic_write_text
+from ..distributed import pick_device
 from . import quality
 from .cells import Cell, Entry, Sweep, shard
 from .measure import PeakMemory, environment, sync, time_network_eval
@@ -132,36 +134,23 @@ def run_cell(
     return rec
 
 
-def _distributed(device: str) -> tuple[int, int]:
-    """(rank, world) under torchrun (initialising the process group), else (0, 1)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return 0, 1
-    import torch.distributed as dist
+#: options of a sweep entry that go to the front door rather than to the sampler.
+_FRONT = ("schedule", "rho", "t_min", "T", "denoise")
 
-    if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") and torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend, timeout=datetime.timedelta(days=1))  # shards may be unequal
-    return dist.get_rank(), dist.get_world_size()
+
+def _sampler_options(options: dict) -> dict:
+    return {k: v for k, v in options.items() if k not in _FRONT}
 
 
 def is_adaptive(entry: Entry) -> bool:
-    """Whether an entry has no step budget: its sampler is registered with ``fixed_grid=False``,
-    unless its ``method`` option names a fixed-step ODE method (``ode(method=euler)`` steps on
-    the grid)."""
+    """Whether an entry has no step budget: its sampler's ``fixed_grid`` trait is False for its options
+    (``ode`` is adaptive with dopri5 and steps on the grid with ``method=euler``)."""
     from ..samplers import registry
 
     try:
-        spec = registry.get(entry.sampler)
-    except ValueError:
+        return not registry.get(entry.sampler).traits(_sampler_options(entry.options)).fixed_grid
+    except (TypeError, ValueError):  # an unknown sampler or bad options: reported by _check_cells
         return False
-    if spec.fixed_grid:
-        return False
-    try:
-        from ..samplers.ode import FIXED_METHODS
-    except ImportError:
-        FIXED_METHODS = ()
-    return entry.options.get("method") not in FIXED_METHODS
 
 
 def _check_cells(cells: list[Cell], problems: dict[str, Problem]) -> tuple[list[Cell], list[str]]:
@@ -179,15 +168,12 @@ def _check_cells(cells: list[Cell], problems: dict[str, Problem]) -> tuple[list[
                 seen.add((c.sampler, ""))
                 notes.append(f"sampler {c.sampler!r} skipped: {err}")
             continue
-        front = {"schedule", "rho", "t_min", "T", "denoise"}
-        unknown = sorted(set(c.options) - set(spec.options) - front)
-        if unknown:
-            raise ValueError(
-                f"unknown option(s) {', '.join(map(repr, unknown))} for sampler {c.sampler!r}; valid options: "
-                f"{', '.join(sorted(set(spec.options) | front))}"
-            )
         try:
-            spec.check_sde(problems[c.problem].sde)
+            opts = spec.validate(_sampler_options(c.options), fill=False, extra_valid=_FRONT)
+        except TypeError as err:  # an unknown option: a mistake in the sweep, not a skip
+            raise ValueError(str(err)) from None
+        try:
+            spec.check_sde(problems[c.problem].sde, opts)
         except ValueError as err:
             if (c.sampler, c.problem) not in seen:
                 seen.add((c.sampler, c.problem))
@@ -222,11 +208,10 @@ def run_sweep(
     Returns a summary: ``ran`` (new cells), ``skipped_done``, ``notes`` and ``records`` (all).
     Under torchrun, rank r runs the cells i with i % world == r and rank 0 merges the shards.
     """
-    rank, world = shard_of if shard_of is not None else _distributed(sweep.device)
+    device = pick_device(sweep.device, distributed.env()[2])
+    # One day of collective timeout: the shards may be very unequal.
+    rank, world = shard_of if shard_of is not None else distributed.init(device, timeout=datetime.timedelta(days=1))
     collective = shard_of is None and world > 1
-    device = torch.device(sweep.device)
-    if device.type == "cuda" and world > 1 and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", rank)))
     dtype = {"float32": torch.float32, "float64": torch.float64}[sweep.dtype]
 
     problems = {p: get_problem(p) for p in sweep.problems}

@@ -21,7 +21,9 @@ DEFAULT_SAMPLERS = "euler_maruyama:500,pc:250:norm=batch,ode:0,heun:10,ddim:20,d
 def add_arguments(p) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (checkpoint, samples, plot, table)")
     p.add_argument("--train-steps", type=int, default=2000, help="training steps (MLP 128 wide, 2 blocks, batch 256)")
-    p.add_argument("--sde", default="vp", choices=["vp", "subvp", "ve", "edm"], help="the SDE")
+    from scoresde.sde import SDES
+
+    p.add_argument("--sde", default="vp", choices=SDES.names(), help="the SDE")
     p.add_argument("--samplers", default=DEFAULT_SAMPLERS,
                    help="comma-separated NAME:STEPS[:KEY=VALUE...] (STEPS 0 = the sampler's default or adaptive; "
                         "options as in scoresde.sample, e.g. pc:250:norm=batch or ddim:20:eta=1)")
@@ -31,22 +33,17 @@ def add_arguments(p) -> None:
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
 
 
-def _sde(name):
-    from ..sde import EDMSDE, VESDE, VPSDE, SubVPSDE
-
-    return {"vp": VPSDE, "subvp": SubVPSDE, "ve": VESDE, "edm": EDMSDE}[name]()
-
-
 def run(args) -> int:
     import torch
 
     import scoresde
+    from scoresde._utils import atomic_write_text
     from scoresde.metrics import noise_floor, sliced_wasserstein
 
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out, exist_ok=True)
-    sde = _sde(args.sde)
+    sde = scoresde.sde.make_sde(args.sde)
     gm = scoresde.GaussianMixture(
         [0.1, 0.2, 0.3, 0.4], [[-3.0, -3.0], [-3.0, 3.0], [3.0, -3.0], [3.0, 3.0]], [0.3, 0.5, 0.4, 0.6]
     )
@@ -74,7 +71,8 @@ def run(args) -> int:
         wall = time.perf_counter() - t0
         sw = sliced_wasserstein(res.x, ref)
         results[label] = res.x
-        rows.append((label, steps if scoresde.samplers.get(name).fixed_grid else "adaptive", res.nfe, sw, sw / floor, wall))
+        fixed = scoresde.samplers.get(name).traits(opts).fixed_grid
+        rows.append((label, steps if fixed else "adaptive", res.nfe, sw, sw / floor, wall))
     width = max(15, *(len(r[0]) for r in rows))
     header = f"| {'sampler':<{width}} | {'steps':>8} | {'NFE':>6} | {'SW2':>7} | {'SW2/floor':>9} | {'time (s)':>8} |"
     lines = [header, "|" + "|".join("-" * (len(c)) for c in header.split("|")[1:-1]) + "|"]
@@ -82,9 +80,9 @@ def run(args) -> int:
         lines.append(f"| {name:<{width}} | {steps!s:>8} | {nfe:>6} | {sw:>7.4f} | {ratio:>9.2f} | {wall:>8.2f} |")
     table = "\n".join(lines)
     print(table)
-    with open(os.path.join(args.out, "comparison.md"), "w") as fh:
-        fh.write(f"Samples from the {what} ({type(sde).__name__}), n = {n}, floor SW2 = {fl.mean:.4f} +- {fl.std:.4f} "
-                 f"(rms {floor:.4f}, {FLOOR_REPEATS} pairs of exact sets)\n\n{table}\n")
+    atomic_write_text(os.path.join(args.out, "comparison.md"),
+                      f"Samples from the {what} ({type(sde).__name__}), n = {n}, floor SW2 = {fl.mean:.4f} +- {fl.std:.4f} "
+                      f"(rms {floor:.4f}, {FLOOR_REPEATS} pairs of exact sets)\n\n{table}\n")
     png = os.path.join(args.out, "comparison.png")
     _plot(png, ref, results, rows)
     print(f"\nwrote {png} and {os.path.join(args.out, 'comparison.md')}")
@@ -138,11 +136,9 @@ def torch_gen(seed):
 
 
 def _plot(path, ref, results, rows):
-    import matplotlib
+    from scoresde.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     k = len(results) + 1
     cols = min(k, 5)
     nrows = (k + cols - 1) // cols
@@ -159,5 +155,4 @@ def _plot(path, ref, results, rows):
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)

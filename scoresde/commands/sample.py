@@ -70,8 +70,9 @@ def run(args) -> int:
     from scoresde import samplers
     from scoresde._utils import atomic_write_bytes
     from scoresde.checkpoint import load_checkpoint
+    from scoresde.distributed import pick_device
+    from scoresde.plots import image_range, save_sample_figure
     from scoresde.random import make_seeds
-    from scoresde.train import _pick_device, image_range, save_sample_figure
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,7 +80,7 @@ def run(args) -> int:
         raise ValueError(f"-n must be >= 1 and --batch-size >= 0; got -n {args.n}, --batch-size {args.batch_size}")
     if not args.out.endswith(".npz"):
         raise ValueError(f"--out must name a .npz file; got {args.out!r}")
-    device = _pick_device(args.device, 0)
+    device = pick_device(args.device, 0)
     ck = load_checkpoint(args.checkpoint, device=device, ema=not args.raw_weights)
     shape = ck.data_shape
     if not shape:

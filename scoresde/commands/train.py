@@ -21,8 +21,6 @@ import time
 HELP = "train a score model (MLP or U-Net) by denoising score matching; checkpoints, snapshots, exact resume, torchrun"
 DESCRIPTION = __doc__
 
-SDE_NAMES = {"vp": "VPSDE", "subvp": "SubVPSDE", "ve": "VESDE", "edm": "EDMSDE"}
-
 
 def _registry_names():
     """(datasets, nets, losses, weightings, samplers, parameterizations, noise inputs) from the registries."""
@@ -65,7 +63,9 @@ def add_arguments(p) -> None:
                    help="more net constructor arguments, e.g. '{\"hidden\": 128, \"depth\": 4}' "
                         "(data-shape arguments such as dim / in_channels / resolution are filled in)")
     g.add_argument("--conditional", action="store_true", help="class-conditional net trained on the data set's labels")
-    g.add_argument("--sde", default="vp", choices=list(SDE_NAMES), help="the forward SDE")
+    from scoresde.sde import SDES
+
+    g.add_argument("--sde", default="vp", choices=SDES.names(), help="the forward SDE")
     g.add_argument("--sde-kwargs", type=_json_arg, default={}, metavar="JSON", help="SDE arguments, e.g. '{\"beta_max\": 20}'")
     g.add_argument("--param", default="auto", choices=["auto", *params],
                    help="what the net predicts (auto: eps for vp/subvp, edm-preconditioned for ve/edm)")
@@ -111,9 +111,9 @@ def add_arguments(p) -> None:
 
 
 def _build_sde(args):
-    from scoresde import sde as sde_mod
+    from scoresde.sde import make_sde
 
-    return sde_mod.sde_from_config({"class": SDE_NAMES[args.sde], "kwargs": args.sde_kwargs})
+    return make_sde(args.sde, **args.sde_kwargs)
 
 
 def _net_kwargs(args, dataset) -> dict:

@@ -6,6 +6,7 @@
 # Importing each family registers its samplers.
 from . import adaptive, exponential, karras, langevin, ode, pc  # noqa: F401
 from .api import SampleResult, sample
-from .registry import SamplerSpec, available, get, register, register_sampler, specs
+from .registry import SAMPLERS, SamplerSpec, Traits, available, get, register, register_sampler, specs
 
-__all__ = ["sample", "SampleResult", "available", "get", "register", "register_sampler", "specs", "SamplerSpec"]
+__all__ = ["sample", "SampleResult", "available", "get", "register", "register_sampler", "specs", "SamplerSpec", "Traits",
+           "SAMPLERS"]

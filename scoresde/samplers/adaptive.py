@@ -12,7 +12,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .._utils import append_dims, check_choice
+from .._utils import append_dims
+from ..random import advance_stream, draw_indexed, stream_position
+from ..registry import Choice, Int, Real
 from ..sde import LinearSDE
 from .registry import register
 
@@ -20,20 +22,6 @@ __all__ = ["adaptive_sde"]
 
 NORMS = ("L2_scaled", "L2", "Linf")
 ERROR_ESTIMATES = ("sde", "ode")  # the reference code's sde_improved_euler=True / False
-
-
-def _check_options(abstol, reltol, safety, exp, h_init, norm, error_estimate, max_iterations) -> None:
-    check_choice("norm", norm, NORMS)
-    check_choice("error_estimate", error_estimate, ERROR_ESTIMATES)
-    for name, v in (("abstol", abstol), ("safety", safety), ("exp", exp), ("h_init", h_init)):
-        if not v > 0:
-            raise ValueError(f"{name} must be positive; got {name}={v!r}")
-    if not reltol >= 0:
-        raise ValueError(f"reltol must be non-negative; got reltol={reltol!r}")
-    if not safety <= 1:
-        raise ValueError(f"safety must lie in (0, 1]; got safety={safety!r}")
-    if int(max_iterations) != max_iterations or max_iterations < 1:
-        raise ValueError(f"max_iterations must be a positive integer; got max_iterations={max_iterations!r}")
 
 
 def _scaled_norm(r: Tensor, norm: str) -> Tensor:
@@ -44,13 +32,6 @@ def _scaled_norm(r: Tensor, norm: str) -> Tensor:
     if norm == "L2":
         return r.pow(2).sum(1).sqrt()
     return r.abs().amax(1)  # Linf
-
-
-def _draw(noise, like: Tensor, counters: Tensor) -> Tensor:
-    """Sample i's z from its own attempt counter when the source allows it."""
-    if hasattr(noise, "draw_per_sample"):
-        return noise.draw_per_sample(like, counters)
-    return noise(like)
 
 
 def _attempt(model, sde: LinearSDE, x, t, t_next, h, z, error_estimate: str, extrapolation: bool):
@@ -75,8 +56,16 @@ def _attempt(model, sde: LinearSDE, x, t, t_next, h, z, error_estimate: str, ext
     return x_mean + g_cur * dw, x_mean, 0.5 * h_ * (F2 - F1)
 
 
-@register("adaptive_sde", kind="adaptive", order=1.0, stochastic=True, nfe_per_step="2 per attempt (adaptive)",
-          fixed_grid=False, default_steps=1, paper="Jolicoeur-Martineau et al. 2021, Alg. 1")
+_POS = Real(gt=0)
+
+
+# Per-sample adaptive steps: no grid, no per-step state hook, NFE counted; no strong order in steps.
+@register("adaptive_sde", kind="adaptive", stochastic=True, nfe=None, nfe_per_step="2 per attempt (adaptive)",
+          fixed_grid=False, default_steps=1, state_hook=False,
+          params={"abstol": _POS, "reltol": Real(ge=0), "safety": Real(gt=0, le=1), "exp": _POS, "h_init": _POS,
+                  "norm": Choice(NORMS), "error_estimate": Choice(ERROR_ESTIMATES), "max_iterations": Int(ge=1)},
+          variants=({"error_estimate": "ode"}, {"norm": "Linf", "extrapolation": False}),
+          paper="Jolicoeur-Martineau et al. 2021, Alg. 1")
 def adaptive_sde(model, sde: LinearSDE, x, ts, *, noise, callback, abstol=0.0078, reltol=1e-2, safety=0.9,
                  exp=0.9, h_init=1e-2, extrapolation=True, norm="L2_scaled", error_estimate="sde",
                  max_iterations=10_000):
@@ -87,13 +76,12 @@ def adaptive_sde(model, sde: LinearSDE, x, ts, *, noise, callback, abstol=0.0078
     Returns (x, extra): per-sample ``accepted`` / ``rejected`` step counts and the batch's
     ``iterations`` (attempts; 2 NFE each).
     """
-    _check_options(abstol, reltol, safety, exp, h_init, norm, error_estimate, max_iterations)
     B, dev = x.shape[0], x.device
     t_end = ts[-1]
     t = ts[0].expand(B).clone()
     h = torch.minimum(torch.full_like(t, float(h_init)), t - t_end)
     x_prev = x
-    start = int(getattr(noise, "draws", 0))
+    start = stream_position(noise)
     attempts = torch.zeros(B, dtype=torch.int64, device=dev)
     accepted = torch.zeros(B, dtype=torch.int64, device=dev)
     it = 0
@@ -102,7 +90,7 @@ def adaptive_sde(model, sde: LinearSDE, x, ts, *, noise, callback, abstol=0.0078
             raise RuntimeError(_not_done(t, t_end, h, max_iterations))
         active = t > t_end
         t_next = torch.where(h >= t - t_end, t_end, t - h)  # the last step lands exactly on t_end
-        z = _draw(noise, x, start + attempts)
+        z = draw_indexed(noise, x, start + attempts)
         x_new, x_check, E = _attempt(model, sde, x, t, t_next, h, z, error_estimate, extrapolation)
         # Scaled error: tolerance max(abstol, reltol max(|x_check|, |x_prev|)), one norm per sample.
         delta = torch.maximum(reltol * torch.maximum(x_check.abs(), x_prev.abs()), torch.full_like(x, abstol))
@@ -118,8 +106,7 @@ def adaptive_sde(model, sde: LinearSDE, x, ts, *, noise, callback, abstol=0.0078
         attempts, accepted = attempts + active, accepted + ok
         it += 1
         callback(it - 1, x)
-    if hasattr(noise, "draws"):
-        noise.draws = start + int(attempts.max())  # later draws of the stream stay disjoint from ours
+    advance_stream(noise, start + int(attempts.max()))  # later draws of the stream stay disjoint from ours
     return x, {"accepted": accepted, "rejected": attempts - accepted, "iterations": it}
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from ..model import NonFiniteError, ScoreModel, as_model
 from ..random import GeneratorNoise, PerSampleNoise, make_seeds
+from ..registry import Int
 from ..schedules import make_grid
 from ..sde import LinearSDE
 from . import registry
@@ -41,7 +42,7 @@ class SampleResult:
 
 _FRONT_DOOR = (
     "steps", "generator", "seeds", "noise", "schedule", "rho", "t_min", "T", "denoise", "x_T",
-    "return_trajectory", "progress", "device", "dtype", "cond",
+    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad",
 )
 
 
@@ -73,6 +74,8 @@ def sample(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     cond: dict[str, Any] | None = None,
+    guidance: Any = None,
+    grad: bool = False,
     **options: Any,
 ) -> SampleResult:
     """Draw samples by integrating the reverse process of ``sde`` with a registered sampler.
@@ -99,23 +102,35 @@ def sample(
         progress: show a progress bar.
         device, dtype: of the samples (default: the model's device, float32).
         cond: keyword arguments passed to every network call (e.g. ``{"y": labels}``).
-        **options: the sampler's own options (see ``registry.get(name).options``).
+        guidance: an object that steers sampling (see :mod:`scoresde.guidance`): ``wrap(model, sde)``
+            gives the model to sample with; with ``needs_projection``, ``project(x, t, i)`` maps x_T
+            (i = -1) and the state after every step i (at t = ts[i + 1]) to the state to continue from,
+            and ``finish(x)`` maps the final samples; ``needs_grad`` turns autograd on.
+        grad: run with autograd enabled (default: off, under ``torch.no_grad()``, so no graph is kept).
+        **options: the sampler's own options (see ``registry.get(name).options``), checked against
+            their declared accepted values before anything runs.
     """
     spec = registry.get(sampler)
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        valid = sorted(set(spec.options) | set(_FRONT_DOOR))
-        raise TypeError(
-            f"unknown option(s) {', '.join(map(repr, unknown))} for sampler {sampler!r}; valid options: "
-            f"{', '.join(valid)}"
-        )
+    opts = spec.validate(options, extra_valid=_FRONT_DOOR)
+    traits = spec.traits(opts)
     if not isinstance(sde, LinearSDE):
         raise TypeError(f"sde must be a scoresde LinearSDE (VPSDE, SubVPSDE, VESDE, EDMSDE, ...); got {type(sde).__name__}")
-    spec.check_sde(sde)
-    shape = tuple(int(s) for s in shape)
-    if len(shape) < 2 or any(s < 1 for s in shape):
-        raise ValueError(f"shape must be (B, *D) with positive sizes and at least one data dim; got {shape}")
+    spec.check_sde(sde, options)
+    shape = _check_shape(shape)
+    if steps is not None:
+        steps = Int(ge=1).check("steps", steps, "sample")
+    project = guidance is not None and bool(getattr(guidance, "needs_projection", False))
+    if project and not traits.state_hook:
+        hooked = [s.name for s in registry.specs() if s.traits().state_hook]
+        raise ValueError(
+            f"guidance {type(guidance).__name__} projects the state after every step, but sampler {sampler!r}"
+            f"{' with these options' if options else ''} does not pass its steps through the front door (its solver "
+            f"owns the state); use one of: {', '.join(hooked)}"
+        )
     score_model = as_model(model, sde)
+    if guidance is not None and hasattr(guidance, "wrap"):
+        score_model = guidance.wrap(score_model, sde)
+    grad = bool(grad) or bool(getattr(guidance, "needs_grad", False))
     if device is None:
         device = x_T.device if x_T is not None else _model_device(score_model)
     device = torch.device(device)
@@ -146,6 +161,8 @@ def sample(
         if tuple(x_T.shape) != shape:
             raise ValueError(f"x_T must have shape {shape}; got {tuple(x_T.shape)}")
         x = x_T.to(device=device, dtype=dtype)
+    if project:
+        x = guidance.project(x, ts[0], -1)
 
     cond = dict(cond or {})
 
@@ -159,11 +176,14 @@ def sample(
 
         bar = tqdm(total=len(ts) - 1, desc=sampler, leave=False)
 
-    def callback(i: int, xi: Tensor) -> None:
+    def callback(i: int, xi: Tensor) -> Tensor:
+        if project:
+            xi = guidance.project(xi, ts[i + 1], i)
         if return_trajectory:
             traj.append(xi.clone())
         if bar is not None:
             bar.update(1)
+        return xi
 
     nfe0 = score_model.nfe
     _sync(device)
@@ -172,14 +192,16 @@ def sample(
     # On GPU the NaN/Inf check is deferred to the end (no host sync per network call).
     check = score_model.deferred_finite_check() if device.type != "cpu" else contextlib.nullcontext()
     try:
-        with check:
-            out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **options)
-        if isinstance(out, tuple):
-            x, extra = out
-        else:
-            x = out
-        if denoise:
-            x = bound(x, ts[-1]).x0
+        with check, torch.set_grad_enabled(grad):
+            out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **opts)
+            if isinstance(out, tuple):
+                x, extra = out
+            else:
+                x = out
+            if denoise:
+                x = bound(x, ts[-1]).x0
+            if project:
+                x = guidance.finish(x)
     except NonFiniteError as err:
         raise _locate(err, ts, sampler) from None
     finally:
@@ -194,12 +216,21 @@ def sample(
         nfe=score_model.nfe - nfe0,
         ts=ts,
         sampler=sampler,
-        options={**{k: v for k, v in spec.options.items()}, **options},
+        options=opts,
         wall_time=wall,
         seeds=used_seeds,
         trajectory=torch.stack(traj) if return_trajectory else None,
         extra=extra,
     )
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """(B, *D) as a tuple of positive Python ints; strings, floats and bools are refused (no coercion)."""
+    ok = isinstance(shape, (tuple, list, torch.Size)) and len(shape) >= 2 and all(
+        Int(ge=1).accepts(s) for s in shape)
+    if not ok:
+        raise ValueError(f"shape must be (B, *D): a tuple of at least 2 positive integers; got {shape!r}")
+    return tuple(int(s) for s in shape)
 
 
 def _locate(err: NonFiniteError, ts: Tensor, sampler: str) -> NonFiniteError:

@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor
 
-from .._utils import check_choice
+from ..registry import Choice, Real
 from ..sde import LinearSDE
 from .registry import register
 from .tables import CoefficientTable, make_table
@@ -80,19 +80,6 @@ def _ratios(h: Tensor, lag: int) -> Tensor:
     return r
 
 
-def _check_bool(name: str, value, sampler: str) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name}={value!r} is not one of the accepted values for sampler {sampler!r}: True, False")
-
-
-def _check_eta(eta, hi: float | None, sampler: str) -> float:
-    ok = isinstance(eta, (int, float)) and not isinstance(eta, bool) and math.isfinite(eta) and eta >= 0
-    if not ok or (hi is not None and eta > hi):
-        rng = f"0 <= eta <= {hi:g}" if hi is not None else "eta >= 0 (finite)"
-        raise ValueError(f"eta={eta!r} is out of range for sampler {sampler!r}: accepted values are {rng}")
-    return float(eta)
-
-
 def _cast(x: Tensor, *vs: Tensor) -> list[Tensor]:
     return [v.to(device=x.device, dtype=x.dtype) for v in vs]
 
@@ -110,7 +97,6 @@ def _ddim_scales(sigma: Tensor, h: Tensor, eta: float) -> tuple[Tensor, Tensor]:
 
 def ddim_coefficients(sde: LinearSDE, ts: Tensor, *, eta: float = 0.0) -> CoefficientTable:
     """DDIM as a table: a = k_eps/sigma, b = alpha_next - a alpha, c = sigma_eta (eps = (x - alpha x0)/sigma)."""
-    eta = _check_eta(eta, 1.0, "ddim")
     alpha, sigma, h = _grid(sde, ts, "ddim")
     k_eps, sig_eta = _ddim_scales(sigma, h, eta)
     a = k_eps / sigma[:-1]
@@ -121,12 +107,14 @@ def ddim_coefficients(sde: LinearSDE, ts: Tensor, *, eta: float = 0.0) -> Coeffi
     return make_table("ddim", sde, ts, a, b, sig_eta if eta > 0 else None)
 
 
-@register("ddim", kind="ode", order=1, stochastic=False, nfe_per_step="1", default_steps=50,
-          default_schedule="uniform", exact_for_point_mass=True, needs=("lam",), coefficients=ddim_coefficients,
+# eta scales the noise: the path solves dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dw (eta = 1: DDPM).
+@register("ddim", kind="ode", stochastic=lambda o: o["eta"] > 0, order=lambda o: 1 if o["eta"] == 0 else None,
+          strong_order=lambda o: 1.0 if o["eta"] > 0 else None, sde_eta=lambda o: o["eta"], nfe=1, default_steps=50,
+          default_schedule="uniform", exact_for_point_mass=lambda o: o["eta"] == 0, coefficients=ddim_coefficients,
+          params={"eta": Real(ge=0, le=1)}, variants=({"eta": 1.0}, {"eta": 0.5}),
           paper="Song, Meng & Ermon 2021 (DDIM), Eq. 12")
 def ddim(model, sde: LinearSDE, x, ts, *, noise, callback, eta: float = 0.0):
     """DDIM (Song, Meng & Ermon 2021, Eq. 12); order 1, 1 NFE per step; eta=0 is DPM-Solver-1, eta=1 is DDPM's posterior."""
-    eta = _check_eta(eta, 1.0, "ddim")
     alpha, sigma, h = _grid(sde, ts, "ddim")
     alpha, k_eps, sig_eta = _cast(x, alpha, *_ddim_scales(sigma, h, eta))
     for i in range(len(ts) - 1):
@@ -135,7 +123,7 @@ def ddim(model, sde: LinearSDE, x, ts, *, noise, callback, eta: float = 0.0):
         x = alpha[i + 1] * pred.x0 + k_eps[i] * pred.eps
         if eta > 0:
             x = x + sig_eta[i] * noise(x)
-        callback(i, x)
+        x = callback(i, x)
     return x
 
 
@@ -150,11 +138,6 @@ def _dpmpp_weights(alpha_next: Tensor, h: Tensor, solver_type: str) -> tuple[Ten
     return w1, (0.5 * w1 if solver_type == "dpmsolver" else w2), w2, w3
 
 
-def _check_dpmpp(sampler: str, solver_type, lower_order_final) -> None:
-    check_choice("solver_type", solver_type, SOLVER_TYPES)
-    _check_bool("lower_order_final", lower_order_final, sampler)
-
-
 def _two_step_table(name, sde, ts, a, w1, w2m, r, orders, c=None) -> CoefficientTable:
     """Expand x_next = a x + w1 x0_i + w2m (x0_i - x0_{i-1}) / r (on 2nd-order steps) into b."""
     second = torch.tensor([o == 2 for o in orders], dtype=torch.float64, device=a.device)
@@ -166,20 +149,22 @@ def _two_step_table(name, sde, ts, a, w1, w2m, r, orders, c=None) -> Coefficient
 def dpmpp_2m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
                           lower_order_final: bool = True) -> CoefficientTable:
     """DPM-Solver++(2M) as a table (see :func:`dpmpp_2m`)."""
-    _check_dpmpp("dpmpp_2m", solver_type, lower_order_final)
     alpha, sigma, h = _grid(sde, ts, "dpmpp_2m")
     w1, w2m, _, _ = _dpmpp_weights(alpha[1:], h, solver_type)
     orders = _orders(len(h), 2, lower_order_final)
     return _two_step_table("dpmpp_2m", sde, ts, sigma[1:] / sigma[:-1], w1, w2m, _ratios(h, 1), orders)
 
 
-@register("dpmpp_2m", kind="ode", order=2, stochastic=False, nfe_per_step="1", default_steps=20,
-          default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",), coefficients=dpmpp_2m_coefficients,
+_DPMPP_PARAMS = {"solver_type": Choice(SOLVER_TYPES)}
+
+
+@register("dpmpp_2m", kind="ode", order=2, stochastic=False, nfe=1, default_steps=20, params=_DPMPP_PARAMS,
+          default_schedule="logsnr", exact_for_point_mass=True, coefficients=dpmpp_2m_coefficients,
+          variants=({"solver_type": "taylor"}, {"lower_order_final": False}),
           paper="Lu et al. 2022b (DPM-Solver++), Alg. 2")
 def dpmpp_2m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str = "dpmsolver",
              lower_order_final: bool = True):
     """DPM-Solver++(2M) (Lu et al. 2022b, Alg. 2); order 2, 1 NFE per step; 1st-order first (and, by default, last) step."""
-    _check_dpmpp("dpmpp_2m", solver_type, lower_order_final)
     alpha, sigma, h = _grid(sde, ts, "dpmpp_2m")
     orders = _orders(len(h), 2, lower_order_final)
     w1, w2m, _, _ = _dpmpp_weights(alpha[1:], h, solver_type)
@@ -193,20 +178,15 @@ def dpmpp_2m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
         if orders[i] == 2:
             x_next = x_next + w2m[i] * (x0 - x0_prev) / r[i]
         x, x0_prev = x_next, x0
-        callback(i, x)
+        x = callback(i, x)
     return x
 
 
 def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
                           lower_order_final: bool = True, reference_d2: bool = False,
                           first_step: str = "ddim") -> CoefficientTable:
-    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`); ``first_step="ddim"`` only."""
-    _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
-    _check_bool("reference_d2", reference_d2, "dpmpp_3m")
-    check_choice("first_step", first_step, FIRST_STEPS)
-    if first_step != "ddim":
-        raise ValueError(f"first_step={first_step!r} has no coefficient table: its first step calls the model a second "
-                         "time at the lambda midpoint, not at a grid state; use the eager sampler (or first_step='ddim')")
+    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`); ``first_step="ddim"`` only (the midpoint
+    first step calls the model a second time, at a state off the grid)."""
     k2 = 1.0 if reference_d2 else 2.0
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     w1, w2m, w2, w3 = _dpmpp_weights(alpha[1:], h, solver_type)
@@ -227,8 +207,15 @@ def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpm
     return make_table("dpmpp_3m", sde, ts, sigma[1:] / sigma[:-1], b)
 
 
-@register("dpmpp_3m", kind="ode", order=3, stochastic=False, nfe_per_step="1", default_steps=20,
-          default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",), coefficients=dpmpp_3m_coefficients,
+# Order 3 needs both ends third order: the default's first-order first step (the reference's warm-up) and its
+# lowered final step each cap the asymptotic global order at 2 (docs/samplers.md).
+@register("dpmpp_3m", kind="ode", stochastic=False, default_steps=20, default_schedule="logsnr",
+          order=lambda o: 3 if o["first_step"] == "midpoint" and not o["lower_order_final"] else 2,
+          nfe=lambda steps, o: steps + int(o["first_step"] == "midpoint"), nfe_per_step="1 (+1 on the first step "
+          "with first_step='midpoint')", exact_for_point_mass=True, coefficients=dpmpp_3m_coefficients,
+          table=lambda o: o["first_step"] == "ddim", params={**_DPMPP_PARAMS, "first_step": Choice(FIRST_STEPS)},
+          variants=({"first_step": "midpoint", "lower_order_final": False}, {"reference_d2": True},
+                    {"solver_type": "taylor"}),
           paper="Lu et al. 2022b (DPM-Solver++), multistep order 3 (dpm_solver_pytorch.py)")
 def dpmpp_3m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str = "dpmsolver",
              lower_order_final: bool = True, reference_d2: bool = False, first_step: str = "ddim"):
@@ -243,9 +230,6 @@ def dpmpp_3m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
     step, whose O(h^2) local error caps the asymptotic global order at 2. With
     ``lower_order_final=False`` as well, the method is third order all the way (see docs).
     """
-    _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
-    _check_bool("reference_d2", reference_d2, "dpmpp_3m")
-    check_choice("first_step", first_step, FIRST_STEPS)
     k2 = 1.0 if reference_d2 else 2.0
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     orders = _orders(len(h), 3, lower_order_final)
@@ -277,7 +261,7 @@ def dpmpp_3m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
             D2 = k2 * (d0 - d1) / (r0[i] + r1[i])
             x_next = x_next + w2[i] * D1 + w3[i] * D2
         x = x_next
-        callback(i, x)
+        x = callback(i, x)
     return x
 
 
@@ -289,7 +273,6 @@ def _sde_scales(sigma: Tensor, h: Tensor) -> tuple[Tensor, Tensor]:
 def dpmpp_2m_sde_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
                               lower_order_final: bool = False) -> CoefficientTable:
     """DPM-Solver++(2M) SDE as a table (see :func:`dpmpp_2m_sde`)."""
-    _check_dpmpp("dpmpp_2m_sde", solver_type, lower_order_final)
     alpha, sigma, h = _grid(sde, ts, "dpmpp_2m_sde")
     w1, w2m, _, _ = _dpmpp_weights(alpha[1:], 2.0 * h, solver_type)
     a, c = _sde_scales(sigma, h)
@@ -297,14 +280,13 @@ def dpmpp_2m_sde_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = 
     return _two_step_table("dpmpp_2m_sde", sde, ts, a, w1, w2m, _ratios(h, 1), orders, c)
 
 
-@register("dpmpp_2m_sde", kind="sde", order=1, stochastic=True, nfe_per_step="1", default_steps=50,
-          default_schedule="logsnr", exact_for_point_mass=False, needs=("lam",),
-          coefficients=dpmpp_2m_sde_coefficients,
+@register("dpmpp_2m_sde", kind="sde", strong_order=1.0, stochastic=True, nfe=1, default_steps=50,
+          default_schedule="logsnr", coefficients=dpmpp_2m_sde_coefficients, params=_DPMPP_PARAMS,
+          variants=({"lower_order_final": True}, {"solver_type": "taylor"}),
           paper="Lu et al. 2022b (DPM-Solver++), SDE-DPM-Solver++(2M) ('sde-dpmsolver++')")
 def dpmpp_2m_sde(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str = "dpmsolver",
                  lower_order_final: bool = False):
     """SDE-DPM-Solver++(2M) (Lu et al. 2022b, App.); strong order 1 (additive noise), 1 NFE per step."""
-    _check_dpmpp("dpmpp_2m_sde", solver_type, lower_order_final)
     alpha, sigma, h = _grid(sde, ts, "dpmpp_2m_sde")
     orders = _orders(len(h), 2, lower_order_final)
     # The reverse SDE in data prediction: the ODE weights at 2h, the state decays by e^{-h} more.
@@ -319,7 +301,7 @@ def dpmpp_2m_sde(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: 
         if orders[i] == 2:
             x_next = x_next + w2m[i] * (x0 - x0_prev) / r[i]
         x, x0_prev = x_next + c[i] * noise(x), x0
-        callback(i, x)
+        x = callback(i, x)
     return x
 
 
@@ -354,15 +336,13 @@ def _unipc_plan(sde, ts, order, variant, lower_order_final):
     return alpha, sigma, h, B, plan
 
 
-@register("unipc", kind="ode", order=3, stochastic=False, nfe_per_step="1", default_steps=10,
-          default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",),
+@register("unipc", kind="ode", order=lambda o: o["order"] + 1, stochastic=False, nfe=1, default_steps=10,
+          default_schedule="logsnr", exact_for_point_mass=True,
+          params={"order": Choice(UNIPC_ORDERS), "variant": Choice(UNIPC_VARIANTS)}, variants=({"variant": "bh1"},),
           paper="Zhao et al. 2023 (UniPC), UniP-p + UniC-p, B(h) variants")
 def unipc(model, sde: LinearSDE, x, ts, *, noise, callback, order: int = 2, variant: str = "bh2",
           lower_order_final: bool = True):
     """UniPC (Zhao et al. 2023, UniP-p + UniC-p, data prediction); order p + 1 (3 at p = 2), 1 NFE per step."""
-    check_choice("order", order, UNIPC_ORDERS)
-    check_choice("variant", variant, UNIPC_VARIANTS)
-    _check_bool("lower_order_final", lower_order_final, "unipc")
     alpha, sigma, h, B, plan = _unipc_plan(sde, ts, order, variant, lower_order_final)
     ratio, w1, aB = _cast(x, sigma[1:] / sigma[:-1], alpha[1:] * h * phi(1, -h), alpha[1:] * B)
     plan = [_cast(x, *step) for step in plan]
@@ -380,5 +360,5 @@ def unipc(model, sde: LinearSDE, x, ts, *, noise, callback, order: int = 2, vari
             corr = sum((rho_c[k] * D[k] for k in range(len(rks))), rho_c[-1] * (m_t - m[0]))
             x = x_base - aB[i] * corr
             m = [m_t] + m[: order - 1]
-        callback(i, x)
+        x = callback(i, x)
     return x

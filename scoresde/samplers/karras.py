@@ -17,6 +17,7 @@ import math
 import torch
 from torch import Tensor
 
+from ..registry import Real
 from ..sde import LinearSDE
 from .registry import register
 from .tables import CoefficientTable, make_table
@@ -29,21 +30,12 @@ def _scaled_grid(sde: LinearSDE, ts: Tensor) -> tuple[Tensor, Tensor]:
     return sde.alpha(ts), sde.sigma_tilde(ts)
 
 
-def _check_number(name: str, value, sampler: str, *, lo: float = 0.0, allow_inf: bool = False) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value >= lo
-    ok = ok and (math.isfinite(value) or (allow_inf and value == math.inf))
-    if not ok:
-        rng = f"a number >= {lo:g}" + (" (inf allowed)" if allow_inf else " (finite)")
-        raise ValueError(f"{name}={value!r} is not accepted by sampler {sampler!r}: accepted values are {rng}")
-    return float(value)
-
-
 def _cast(x: Tensor, *vs: Tensor) -> list[Tensor]:
     return [v.to(device=x.device, dtype=x.dtype) for v in vs]
 
 
-@register("heun", kind="ode", order=2, stochastic=False, nfe_per_step="2", default_steps=17,
-          default_schedule="karras", exact_for_point_mass=True, needs=("sigma_tilde",),
+@register("heun", kind="ode", order=2, stochastic=False, nfe=2, default_steps=17,
+          default_schedule="karras", exact_for_point_mass=True,
           paper="Karras et al. 2022 (EDM), Alg. 1")
 def heun(model, sde: LinearSDE, x, ts, *, noise, callback):
     """EDM deterministic sampler (Karras et al. 2022, Alg. 1); order 2, 2 NFE per step (17 steps + denoise = EDM's 35 NFE)."""
@@ -56,7 +48,7 @@ def heun(model, sde: LinearSDE, x, ts, *, noise, callback):
         # 2nd-order (trapezoidal) correction.
         d_next = (xt_next - model(alpha[i + 1] * xt_next, ts[i + 1]).x0) / s[i + 1]
         x = alpha[i + 1] * (xt + (s[i + 1] - s[i]) * 0.5 * (d + d_next))
-        callback(i, x)
+        x = callback(i, x)
     return x
 
 
@@ -81,16 +73,23 @@ def _churn_plan(sde: LinearSDE, ts: Tensor, S_churn: float, S_tmin: float, S_tma
     return gamma, t_hat, churned
 
 
-@register("edm_sde", kind="sde", order=2, stochastic=False, nfe_per_step="2", default_steps=17,
-          default_schedule="karras", exact_for_point_mass=True, needs=("sigma_tilde", "t_from_sigma_tilde"),
+def _churns(o: dict) -> bool:
+    return o["S_churn"] > 0 and o["S_noise"] > 0
+
+
+# With churn there is no fixed limiting SDE (gamma_i = S_churn/N adds noise per step, not per unit time):
+# no strong order; the raise of sigma~ above the grid's top needs t(sigma~) beyond T.
+@register("edm_sde", kind="sde", stochastic=_churns, order=lambda o: None if _churns(o) else 2, nfe=2, default_steps=17,
+          default_schedule="karras", exact_for_point_mass=lambda o: not _churns(o),
+          requires=lambda o: ("extends_beyond_T",) if o["S_churn"] > 0 else (),
+          params={"S_churn": Real(ge=0), "S_tmin": Real(ge=0), "S_tmax": Real(ge=0, allow_inf=True), "S_noise": Real(ge=0)},
+          variants=({"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}, {"S_churn": 10.0}),
           paper="Karras et al. 2022 (EDM), Alg. 2")
 def edm_sde(model, sde: LinearSDE, x, ts, *, noise, callback, S_churn: float = 0.0, S_tmin: float = 0.0,
             S_tmax: float = math.inf, S_noise: float = 1.0):
     """EDM stochastic sampler (Karras et al. 2022, Alg. 2); 2 NFE per step; S_churn=0 (default) is Alg. 1 (order 2)."""
-    S_churn = _check_number("S_churn", S_churn, "edm_sde")
-    S_tmin = _check_number("S_tmin", S_tmin, "edm_sde")
-    S_tmax = _check_number("S_tmax", S_tmax, "edm_sde", lo=S_tmin, allow_inf=True)
-    S_noise = _check_number("S_noise", S_noise, "edm_sde")
+    if S_tmax < S_tmin:
+        raise ValueError(f"sampler 'edm_sde': S_tmax={S_tmax!r} is below S_tmin={S_tmin!r}; accepted: S_tmax >= S_tmin")
     gamma, t_hat, churned = _churn_plan(sde, ts, S_churn, S_tmin, S_tmax)
     alpha, s = _scaled_grid(sde, ts)
     s_hat = s[:-1] * (1.0 + gamma)
@@ -108,7 +107,7 @@ def edm_sde(model, sde: LinearSDE, x, ts, *, noise, callback, S_churn: float = 0
         # 2nd-order correction.
         d_next = (xt_next - model(alpha[i + 1] * xt_next, ts[i + 1]).x0) / s[i + 1]
         x = alpha[i + 1] * (xt + (s[i + 1] - s_hat[i]) * 0.5 * (d + d_next))
-        callback(i, x)
+        x = callback(i, x)
     return x
 
 
@@ -127,8 +126,6 @@ def _ancestral_scales(sde: LinearSDE, ts: Tensor, eta: float) -> tuple[Tensor, T
 def euler_ancestral_coefficients(sde: LinearSDE, ts: Tensor, *, eta: float = 1.0,
                                  s_noise: float = 1.0) -> CoefficientTable:
     """Euler ancestral as a table in x: x' = alpha' [(s_down/s) x/alpha + (1 - s_down/s) x0 + s_up z]."""
-    eta = _check_number("eta", eta, "euler_ancestral")
-    s_noise = _check_number("s_noise", s_noise, "euler_ancestral")
     alpha, s, s_down, s_up = _ancestral_scales(sde, ts, eta)
     q = s_down / s[:-1]
     c = alpha[1:] * s_up if eta > 0 else None
@@ -136,14 +133,21 @@ def euler_ancestral_coefficients(sde: LinearSDE, ts: Tensor, *, eta: float = 1.0
                       noise_scale=s_noise)
 
 
-@register("euler_ancestral", kind="sde", order=1, stochastic=True, nfe_per_step="1", default_steps=50,
-          default_schedule="karras", exact_for_point_mass=False, needs=("sigma_tilde",),
-          coefficients=euler_ancestral_coefficients,
+def _ancestral_noise(o: dict) -> bool:
+    return o["eta"] > 0 and o["s_noise"] > 0
+
+
+# eta scales the noise as DDIM's eta does: the path solves dx = [f x - (1 + eta^2)/2 g^2 score] dt + eta g dw
+# (s_noise != 1 changes the marginals: no limiting SDE of that family).
+@register("euler_ancestral", kind="sde", stochastic=_ancestral_noise, nfe=1, default_steps=50,
+          default_schedule="karras", exact_for_point_mass=False, coefficients=euler_ancestral_coefficients,
+          order=lambda o: None if _ancestral_noise(o) else 1,
+          strong_order=lambda o: 1.0 if _ancestral_noise(o) and o["s_noise"] == 1 else None,
+          sde_eta=lambda o: o["eta"] if o["s_noise"] == 1 else None,
+          params={"eta": Real(ge=0), "s_noise": Real(ge=0)}, variants=({"eta": 0.0}, {"eta": 0.5}, {"s_noise": 1.003}),
           paper="k-diffusion sample_euler_ancestral (Crowson); ancestral step of Ho et al. 2020")
 def euler_ancestral(model, sde: LinearSDE, x, ts, *, noise, callback, eta: float = 1.0, s_noise: float = 1.0):
     """Euler ancestral (k-diffusion sample_euler_ancestral); strong order 1 (additive noise), 1 NFE per step."""
-    eta = _check_number("eta", eta, "euler_ancestral")
-    s_noise = _check_number("s_noise", s_noise, "euler_ancestral")
     alpha, s, s_down, s_up = _cast(x, *_ancestral_scales(sde, ts, eta))
     for i in range(len(ts) - 1):
         xt = x / alpha[i]
@@ -154,5 +158,5 @@ def euler_ancestral(model, sde: LinearSDE, x, ts, *, noise, callback, eta: float
         if eta > 0 and s_noise > 0:
             xt = xt + s_up[i] * s_noise * noise(x)
         x = alpha[i + 1] * xt
-        callback(i, x)
+        x = callback(i, x)
     return x

@@ -7,12 +7,11 @@ in how they choose ``step``.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
 from .._utils import append_dims
+from ..registry import Int, Real
 from ..sde import LinearSDE
 from .registry import register
 
@@ -49,11 +48,7 @@ def ald_corrector(model, sde: LinearSDE, x: Tensor, t: Tensor, alpha: Tensor, no
     return langevin_move(x, score, step, noise(x))
 
 
-def _check_ald(eps: float, n_steps_each: int, sigma_last: float) -> None:
-    if not (isinstance(eps, (int, float)) and math.isfinite(eps) and eps > 0):
-        raise ValueError(f"eps={eps!r} must be a positive finite number (the step size at the last level)")
-    if isinstance(n_steps_each, bool) or not isinstance(n_steps_each, int) or n_steps_each < 1:
-        raise ValueError(f"n_steps_each={n_steps_each!r} must be a positive integer")
+def _check_ald(eps: float, sigma_last: float) -> None:
     # p_t has variance >= sigma_t^2 in every direction; Langevin steps >= 2 sigma^2 diverge there.
     if not eps < 2.0 * sigma_last**2:
         raise ValueError(
@@ -63,13 +58,14 @@ def _check_ald(eps: float, n_steps_each: int, sigma_last: float) -> None:
         )
 
 
-@register("ald", kind="langevin", order=None, stochastic=True, default_steps=9, default_schedule="logsnr",
-          nfe_per_step="n_steps_each per noise level; steps + 1 levels",
+@register("ald", kind="langevin", stochastic=True, default_steps=9, default_schedule="logsnr",
+          params={"eps": Real(gt=0), "n_steps_each": Int(ge=1)}, nfe=lambda steps, o: o["n_steps_each"] * (steps + 1),
+          nfe_per_step="n_steps_each per noise level; steps + 1 levels", variants=({"n_steps_each": 3},),
           paper="Song & Ermon 2019, Alg. 1 (NCSN annealed Langevin dynamics)")
 def ald(model, sde: LinearSDE, x, ts, *, noise, callback, eps: float = 2e-5, n_steps_each: int = 100):
     """Annealed Langevin dynamics (Song & Ermon 2019, Alg. 1); n_steps_each NFE at each of the steps + 1 levels."""
     sigma2 = sde.sigma(ts) ** 2
-    _check_ald(eps, n_steps_each, float(sigma2[-1]) ** 0.5)
+    _check_ald(eps, float(sigma2[-1]) ** 0.5)
     # alpha_i = eps sigma_i^2 / sigma_L^2 at every time of the grid (float64, before the loop).
     steps = (eps * sigma2 / sigma2[-1]).to(x.dtype)
     for level in range(len(ts)):
@@ -78,6 +74,6 @@ def ald(model, sde: LinearSDE, x, ts, *, noise, callback, eps: float = 2e-5, n_s
         for _ in range(n_steps_each):
             x = langevin_move(x, model(x, t).score, steps[level], noise(x))
         if level > 0:
-            callback(level - 1, x)
+            x = callback(level - 1, x)
     return x
 

@@ -8,32 +8,33 @@ the reference code's solver: ``scipy.integrate.solve_ivp`` on the flattened floa
 
 from __future__ import annotations
 
-import math
-import sys
 from typing import Any
 
 import numpy as np
 import torch
-import torchdiffeq  # noqa: F401  (imports torchdiffeq._impl.odeint, read below)
+import torchdiffeq
 
-from .._utils import as_time, check_choice
+from .. import _torchdiffeq as tdq
+from .._utils import as_time
+from ..registry import Anything, Choice, Real
 from ..sde import LinearSDE
 from .registry import register
 
 __all__ = ["ode", "ode_scipy", "ODE_METHODS", "ODE_METHOD_ORDER", "FIXED_METHODS", "SCIPY_METHODS"]
 
-_TDQ = sys.modules["torchdiffeq._impl.odeint"]  # the module (the package re-exports a function of that name)
-_FixedGrid = sys.modules["torchdiffeq._impl.solvers"].FixedGridODESolver
-_RKAdaptive = sys.modules["torchdiffeq._impl.rk_common"].RKAdaptiveStepsizeODESolver
-
 #: every method torchdiffeq accepts (its own list).
-ODE_METHODS: tuple[str, ...] = tuple(_TDQ.SOLVERS)
+ODE_METHODS: tuple[str, ...] = tuple(tdq.SOLVERS)
 #: the methods that step on the grid ts (one method step per interval).
-FIXED_METHODS: tuple[str, ...] = tuple(m for m, cls in _TDQ.SOLVERS.items() if issubclass(cls, _FixedGrid))
-#: convergence order of the fixed-step one-step methods (global error O(h^order)); checked by the tests.
-ODE_METHOD_ORDER: dict[str, int] = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
+FIXED_METHODS: tuple[str, ...] = tdq.FIXED_METHODS
+#: network calls per step of the one-step fixed-grid methods (torchdiffeq's Runge-Kutta tableaus);
+#: the Adams methods step on the grid too, but their call count depends on their warm-up and iterations.
+_STAGES = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
+#: convergence order of the fixed-step one-step methods (torchdiffeq's ``order``); checked by the tests.
+ODE_METHOD_ORDER: dict[str, int] = {m: tdq.method_order(m) for m in _STAGES}
 #: scipy.integrate.solve_ivp's methods.
 SCIPY_METHODS = ("RK45", "RK23", "DOP853", "Radau", "BDF", "LSODA")
+_TOL = Real(gt=0)
+_SOLVER_OPTIONS = Anything(types=(dict,), optional=True)
 
 
 class _Drift:
@@ -51,20 +52,22 @@ class _Drift:
         self.step += 1
 
 
-def _check_tol(rtol: float, atol: float) -> None:
-    for name, v in (("rtol", rtol), ("atol", atol)):
-        if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
-            raise ValueError(f"{name}={v!r} must be a positive finite number")
+def _fixed(o: dict) -> bool:
+    return o["method"] in FIXED_METHODS
 
 
-@register("ode", kind="ode", order=None, stochastic=False, fixed_grid=False, default_steps=100,
+# Fixed-step methods run on the grid with torchdiffeq's order; adaptive ones use the grid's end points only.
+# torchdiffeq owns the state between steps, so there is no per-step state hook.
+@register("ode", kind="ode", stochastic=False, fixed_grid=_fixed, default_steps=100, state_hook=False,
+          order=lambda o: tdq.method_order(o["method"]) if _fixed(o) else None,
+          nfe=lambda steps, o: _STAGES[o["method"]] * steps if o["method"] in _STAGES else None,
+          params={"method": Choice(ODE_METHODS), "rtol": _TOL, "atol": _TOL, "solver_options": _SOLVER_OPTIONS},
+          variants=({"method": "rk4"}, {"method": "euler"}, {"method": "bosh3", "rtol": 1e-4, "atol": 1e-4}),
           nfe_per_step="fixed methods: stages per step (euler 1, midpoint 2, heun2 2, heun3 3, rk4 4); adaptive: counted",
           paper="Song et al. 2021, Sec. 4.3 (probability-flow ODE); Chen et al. 2018 (torchdiffeq)")
 def ode(model, sde: LinearSDE, x, ts, *, noise, callback, method: str = "dopri5", rtol: float = 1e-5,
         atol: float = 1e-5, solver_options: dict | None = None):
     """Probability-flow ODE (Song et al. 2021, Eq. 13) through torchdiffeq.odeint; dopri5 by default, adaptive NFE."""
-    check_choice("method", method, ODE_METHODS)
-    _check_tol(rtol, atol)
     opts: dict[str, Any] = dict(solver_options or {})
     drift = _Drift(model, sde, callback)
     if method in FIXED_METHODS:
@@ -77,7 +80,7 @@ def ode(model, sde: LinearSDE, x, ts, *, noise, callback, method: str = "dopri5"
         x = torchdiffeq.odeint(drift, x, ts[[0, -1]], rtol=rtol, atol=atol, method=method, options=opts)[-1]
         callback(len(ts) - 2, x)
         return x
-    if issubclass(_TDQ.SOLVERS[method], _RKAdaptive):
+    if method in tdq.RK_ADAPTIVE_METHODS:
         # Land on ts[-1] exactly: torchdiffeq otherwise steps past the end (below t_min, even t < 0) and interpolates.
         user = as_time(opts.get("step_t", []), device=ts.device).flatten()
         opts["step_t"] = torch.unique(torch.cat([user, ts[-1:]]))
@@ -88,15 +91,15 @@ def ode(model, sde: LinearSDE, x, ts, *, noise, callback, method: str = "dopri5"
     return x
 
 
-@register("ode_scipy", kind="ode", order=None, stochastic=False, fixed_grid=False, default_steps=1,
-          nfe_per_step="adaptive (counted)", paper="Song et al. 2021, Sec. 4.3 (score_sde get_ode_sampler)")
+@register("ode_scipy", kind="ode", stochastic=False, fixed_grid=False, default_steps=1, nfe=None,
+          params={"method": Choice(SCIPY_METHODS), "rtol": _TOL, "atol": _TOL, "solver_options": _SOLVER_OPTIONS},
+          variants=({"method": "DOP853"},), nfe_per_step="adaptive (counted)",
+          paper="Song et al. 2021, Sec. 4.3 (score_sde get_ode_sampler)")
 def ode_scipy(model, sde: LinearSDE, x, ts, *, noise, callback, method: str = "RK45", rtol: float = 1e-5,
               atol: float = 1e-5, solver_options: dict | None = None):
     """Probability-flow ODE (Song et al. 2021, Eq. 13) through scipy's solve_ivp on the float64 host state; adaptive NFE."""
     from scipy.integrate import solve_ivp
 
-    check_choice("method", method, SCIPY_METHODS)
-    _check_tol(rtol, atol)
     shape, dtype, device = x.shape, x.dtype, x.device
     last_t = [float(ts[0])]
 

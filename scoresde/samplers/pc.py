@@ -12,7 +12,7 @@ import warnings
 
 import torch
 
-from .._utils import check_choice
+from ..registry import Bool, Choice, Int, Real
 from ..sde import LinearSDE
 from .langevin import NORMS, ald_corrector, langevin_corrector
 from .registry import register
@@ -56,26 +56,26 @@ LOW_DIM = 16  # below this many dimensions per sample, pc warns about norm='per_
 def _predictor_loop(step, model, sde, x, ts, noise, callback):
     for i in range(len(ts) - 1):
         x = step(model, sde, x, ts[i], ts[i + 1], noise)
-        callback(i, x)
+        x = callback(i, x)
     return x
 
 
 # ---------------------------------------------------------------------- predictor-only samplers
-@register("euler_maruyama", kind="sde", order=0.5, stochastic=True, nfe_per_step="1", default_steps=1000,
+@register("euler_maruyama", kind="sde", strong_order=1.0, stochastic=True, nfe=1, default_steps=1000,
           paper="Song et al. 2021, App. E (EulerMaruyamaPredictor)")
 def euler_maruyama(model, sde: LinearSDE, x, ts, *, noise, callback):
     """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, Eq. 6); strong order 1/2 (1 if additive), 1 NFE per step."""
     return _predictor_loop(euler_maruyama_step, model, sde, x, ts, noise, callback)
 
 
-@register("reverse_diffusion", kind="sde", order=0.5, stochastic=True, nfe_per_step="1", default_steps=1000,
+@register("reverse_diffusion", kind="sde", strong_order=1.0, stochastic=True, nfe=1, default_steps=1000,
           paper="Song et al. 2021, App. E (ReverseDiffusionPredictor)")
 def reverse_diffusion(model, sde: LinearSDE, x, ts, *, noise, callback):
     """Reverse-diffusion predictor (Song et al. 2021, App. E, Eq. 46) on the exact transition; 1 NFE per step."""
     return _predictor_loop(reverse_diffusion_step, model, sde, x, ts, noise, callback)
 
 
-@register("ancestral", kind="sde", order=0.5, stochastic=True, nfe_per_step="1", default_steps=1000,
+@register("ancestral", kind="sde", strong_order=1.0, stochastic=True, nfe=1, default_steps=1000,
           paper="Song et al. 2021, App. F (AncestralSamplingPredictor); Ho et al. 2020")
 def ancestral(model, sde: LinearSDE, x, ts, *, noise, callback):
     """Ancestral sampling (Song et al. 2021, App. F; Ho et al. 2020, Alg. 2) for any linear SDE; 1 NFE per step."""
@@ -83,28 +83,28 @@ def ancestral(model, sde: LinearSDE, x, ts, *, noise, callback):
 
 
 # ---------------------------------------------------------------------- predictor-corrector
-def _check_pc(predictor, corrector, snr, n_corrector_steps, norm, corrector_first) -> None:
-    check_choice("predictor", predictor, PREDICTORS)
-    check_choice("corrector", corrector, CORRECTORS)
-    check_choice("norm", norm, NORMS)
-    check_choice("corrector_first", corrector_first, (False, True))
-    if predictor == "none" and corrector == "none":
-        raise ValueError("predictor='none' with corrector='none' does nothing; choose a predictor "
-                         f"({', '.join(p for p in PREDICTORS if p != 'none')}) or a corrector (langevin, ald)")
-    if not (isinstance(snr, (int, float)) and math.isfinite(snr) and snr > 0):
-        raise ValueError(f"snr={snr!r} must be a positive finite number (Song et al. use 0.16; 0.05-0.2 is usual)")
-    if isinstance(n_corrector_steps, bool) or not isinstance(n_corrector_steps, int) or n_corrector_steps < 1:
-        raise ValueError(f"n_corrector_steps={n_corrector_steps!r} must be a positive integer")
+_PC_PARAMS = {"predictor": Choice(tuple(PREDICTORS)), "corrector": Choice(CORRECTORS), "snr": Real(gt=0),
+              "n_corrector_steps": Int(ge=1), "norm": Choice(NORMS), "corrector_first": Bool()}
 
 
-@register("pc", kind="pc", order=None, stochastic=True, default_steps=1000, default_schedule="uniform",
+def _pc_nfe(steps: int, o: dict) -> int:
+    return steps * (int(o["predictor"] != "none") + (o["n_corrector_steps"] if o["corrector"] != "none" else 0))
+
+
+# With corrector='none', pc is its predictor (strong order 1); a Langevin corrector targets p_t, not the path.
+@register("pc", kind="pc", stochastic=True, default_steps=1000, default_schedule="uniform", params=_PC_PARAMS,
+          strong_order=lambda o: 1.0 if o["corrector"] == "none" else None, nfe=_pc_nfe,
           nfe_per_step="(1 if predictor != 'none') + (n_corrector_steps if corrector != 'none')",
+          variants=({"norm": "batch"}, {"corrector": "ald"}, {"corrector": "none"}, {"predictor": "none"},
+                    {"predictor": "euler_maruyama", "n_corrector_steps": 2, "corrector_first": True}),
           paper="Song et al. 2021, Alg. 1-3 (predictor-corrector sampling)")
 def pc(model, sde: LinearSDE, x, ts, *, noise, callback, predictor: str = "reverse_diffusion",
        corrector: str = "langevin", snr: float = 0.16, n_corrector_steps: int = 1, norm: str = "per_sample",
        corrector_first: bool = False):
     """Predictor-corrector sampling (Song et al. 2021, Alg. 1); 1 + n_corrector_steps NFE per step."""
-    _check_pc(predictor, corrector, snr, n_corrector_steps, norm, corrector_first)
+    if predictor == "none" and corrector == "none":
+        raise ValueError("predictor='none' with corrector='none' does nothing; choose a predictor "
+                         f"({', '.join(p for p in PREDICTORS if p != 'none')}) or a corrector (langevin, ald)")
     dim = math.prod(x.shape[1:])
     if corrector == "langevin" and norm == "per_sample" and dim < LOW_DIM:
         warnings.warn(
@@ -135,6 +135,6 @@ def pc(model, sde: LinearSDE, x, ts, *, noise, callback, predictor: str = "rever
         # The paper's order (Alg. 1): correct at t_next.
         if not corrector_first:
             x = correct(x, t_next, alphas[i])
-        callback(i, x)
+        x = callback(i, x)
     return x
 

@@ -170,7 +170,7 @@ def run_table(
     ts: Tensor,
     table: CoefficientTable,
     noise: Callable[[Tensor], Tensor],
-    callback: Callable[[int, Tensor], None] | None = None,
+    callback: Callable[[int, Tensor], Tensor] | None = None,
 ) -> Tensor:
     """Reference runner of a coefficient table: one network call, one fused linear update per step.
 
@@ -190,5 +190,5 @@ def run_table(
             x_next = x_next + c[i] * noise(x)
         x = x_next
         if callback is not None:
-            callback(i, x)
+            x = callback(i, x)
     return x
