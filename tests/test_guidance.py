@@ -20,8 +20,6 @@ from scoresde.bench.problems import mixture
 from scoresde.exact import ClassConditionalMixture
 from scoresde.metrics import sliced_wasserstein
 from scoresde.nets.mlp import MLP
-from scoresde.random import PerSampleNoise, make_seeds
-from scoresde.schedules import make_grid
 
 F64 = torch.float64
 N = 2000
@@ -61,19 +59,10 @@ def floor_and_ref(dist, n=N):
 
 
 def guided_sample(model, sde, shape, sampler, steps, guidance, *, seed=0, schedule="uniform"):
-    """Local stand-in for ``sample(..., guidance=G)`` until the front door has the hook.
-
-    One ``sample()`` call per grid interval (single-step samplers only), projecting in between,
-    with one noise stream shared by all steps; then the final denoising step and ``finish``.
-    """
-    m = guidance.wrap(model, sde)
-    ts = make_grid(sde, steps, schedule)
-    noise = PerSampleNoise(make_seeds(shape[0], generator=torch.Generator().manual_seed(seed)))
-    x = guidance.project(noise(torch.empty(shape, dtype=F64)) * sde.prior_std(), ts[0], -1)
-    for i in range(steps):
-        x = sample(m, sde, shape, sampler, schedule=ts[i : i + 2], x_T=x, denoise=False, noise=noise, dtype=F64).x
-        x = guidance.project(x, ts[i + 1], i)
-    return guidance.finish(m(x, ts[-1]).x0), m
+    """``sample(..., guidance=G)`` in float64 with per-sample seeds from ``seed``; returns (x, the wrapped model)."""
+    res = sample(model, sde, shape, sampler, steps, guidance=guidance, schedule=schedule, dtype=F64,
+                 generator=torch.Generator().manual_seed(seed))
+    return res.x, res
 
 
 def _points(sde, dim, B=40, seed=0):
@@ -468,6 +457,8 @@ def test_errors():
     g.wrap(model, sde)
     with pytest.raises(ValueError, match=r"y has shape \(5,\); for samples of shape \(2,\) it must be \(2,\)"):
         g.project(x, torch.tensor(0.5, dtype=F64), -1)
+    with pytest.raises(ValueError, match="projects the state after every step, but sampler 'ode'"):
+        sample(model, sde, (4, 2), "ode", guidance=G.inpainting(torch.tensor([True, False]), torch.zeros(2)))
     with pytest.raises(RuntimeError, match="before wrap"):
         G.inpainting([True, False], [0.0, 0.0]).project(x, torch.tensor(0.5), -1)
     with pytest.raises(ValueError, match="mask must be a bool tensor"):
