@@ -331,10 +331,9 @@ def write_csv(path: str, rows: list[dict]) -> None:
 
 
 def plots(cfg_rows: list[dict], inp_rows: list[dict], fig_dir: str) -> list[str]:
-    import matplotlib
+    from scoresde.plots import pyplot, save_figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
 
     out = []
     for pname in dict.fromkeys(r["problem"] for r in cfg_rows):
@@ -366,8 +365,7 @@ def plots(cfg_rows: list[dict], inp_rows: list[dict], fig_dir: str) -> list[str]
         axes[1, -1].legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(fig_dir, f"guidance_cfg_{pname}.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path)
         out.append(path)
     if inp_rows:
         fig, ax = plt.subplots(figsize=(6, 4))
@@ -382,8 +380,7 @@ def plots(cfg_rows: list[dict], inp_rows: list[dict], fig_dir: str) -> list[str]
         ax.legend(fontsize=7)
         fig.tight_layout()
         path = os.path.join(fig_dir, "guidance_inpaint.png")
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
+        save_figure(fig, path)
         out.append(path)
     return out
 

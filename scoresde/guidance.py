@@ -7,7 +7,8 @@ A guidance method is an object with the front door's contract (:class:`Guidance`
 * ``needs_projection`` / ``project(x, t, i)``: called on x_T (``i = -1``, ``t = ts[0]``) and
   after every step i with the state at ``t = ts[i + 1]``; returns the state to continue from;
 * ``finish(x)``: called after the final denoising step;
-* ``needs_grad``: sampling must run with autograd enabled (classifier guidance, DPS).
+* ``needs_grad``: sampling must run with autograd enabled (classifier guidance, DPS); otherwise
+  the front door samples under ``torch.no_grad()``.
 
 Methods here:
 
@@ -70,7 +71,7 @@ class Guidance:
     ``sample(model, sde, shape, sampler, steps, guidance=G)`` calls ``G.wrap(model, sde)`` once,
     samples with the returned model, calls ``G.project(x, t, i)`` on x_T (``i = -1``) and after
     every step when ``G.needs_projection``, and ``G.finish(x)`` after the final denoising step.
-    ``needs_grad`` asks for autograd during sampling (otherwise it may run in inference mode).
+    ``needs_grad`` asks for autograd during sampling (otherwise it runs under ``torch.no_grad()``).
     """
 
     needs_projection: bool = False
@@ -609,8 +610,9 @@ class DPS(Guidance):
     * ``step="score"`` (default): a score correction,
       ``score(x_t | y) ~ score(x_t) + scale * grad_x log N(y; A x0(x_t), noise_std^2 I)``
       (Eq. 16 with the Gaussian likelihood), so any sampler can use it; ``scale = 1`` is the
-      approximation itself. Stiff for small noise_std: explicit samplers need
-      ``g(t)^2 dt / noise_std^2`` below ~2 (measured in docs/guidance.md);
+      approximation itself. Stiff for small noise_std: an explicit step is stable only for
+      ``g(t)^2 dt / noise_std^2`` of order 1 (an estimate; the divergence at noise_std 0.05 is
+      measured in docs/guidance.md);
     * ``step="chung"``: Chung et al.'s Alg. 1: the sampler steps with the unguided model and
       ``project`` then moves the state by ``-zeta grad_x ||y - A x0||^2 / ||y - A x0||``, the
       gradient at the state of the step's (last) network evaluation; meant for one-evaluation
