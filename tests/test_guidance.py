@@ -14,6 +14,7 @@ import math
 import pytest
 import torch
 
+import scoresde
 from scoresde import VESDE, VPSDE, Gaussian, GaussianMixture, ScoreModel, sample
 from scoresde import guidance as G
 from scoresde.bench.problems import mixture
@@ -495,3 +496,25 @@ def test_replacement_noise_is_reproducible_and_batch_independent():
     assert torch.equal(a, b)
     assert torch.allclose(a[:3], c, rtol=0, atol=1e-12)  # per-sample streams: sample i does not depend on B
     assert math.isfinite(float(a.sum()))
+
+
+def test_wrappers_defer_the_finite_check_to_the_inner_model():
+    """The front door defers NaN checks off the CPU through model.deferred_finite_check(); a wrapper
+    delegates to its inner model, so a NaN in either half of a doubled batch is still caught, at the end."""
+    sde = VPSDE()
+
+    def net(x, t, y=None):
+        out = -x.clone()
+        out[y == 3] = float("nan")  # the unconditional half
+        return out
+
+    inner = ScoreModel(net, sde)
+    model = G.ClassifierFreeGuidance(1.0, null_label=3).wrap(inner, sde)
+    x = torch.zeros(4, 2, dtype=F64)
+    with pytest.raises(scoresde.NonFiniteError, match="evaluation #1"):
+        with model.deferred_finite_check():
+            model(x, 0.5, y=torch.zeros(4, dtype=torch.long))  # no error inside the block
+            seen = True
+    assert seen
+    with pytest.raises(scoresde.NonFiniteError):  # checked at once outside a deferred block
+        model(x, 0.5, y=torch.zeros(4, dtype=torch.long))
