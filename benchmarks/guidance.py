@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import csv
 import inspect
+import io
 import math
 import os
 import sys
@@ -49,6 +50,7 @@ import torch
 
 from scoresde import VPSDE, sample
 from scoresde import guidance as G
+from scoresde._utils import atomic_write_text
 from scoresde.bench.measure import environment
 from scoresde.bench.problems import mixture
 from scoresde.exact import ClassConditionalMixture
@@ -323,11 +325,12 @@ def inpaint_table(rows: list[dict], steps_list: list[int], header: str, info: di
 
 def write_csv(path: str, rows: list[dict]) -> None:
     cols = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
-        wr = csv.DictWriter(fh, cols)
-        wr.writeheader()
-        for r in rows:
-            wr.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    buf = io.StringIO(newline="")
+    wr = csv.DictWriter(buf, cols)
+    wr.writeheader()
+    for r in rows:
+        wr.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})
+    atomic_write_text(path, buf.getvalue())
 
 
 def plots(cfg_rows: list[dict], inp_rows: list[dict], fig_dir: str) -> list[str]:
@@ -426,15 +429,13 @@ def main(argv: list[str] | None = None) -> int:
         cfg_rows = run_cfg(args.n, steps, weights, args.problems.split(","), args.seed, log)
         write_csv(os.path.join(args.data_dir, "guidance_cfg.csv"), cfg_rows)
         text = cfg_tables(cfg_rows, steps, header)
-        with open(os.path.join(args.data_dir, "guidance_cfg.md"), "w") as fh:
-            fh.write(text)
+        atomic_write_text(os.path.join(args.data_dir, "guidance_cfg.md"), text)
         print(text)
     if "inpaint" in tasks:
         inp_rows, info = run_inpaint(args.n, isteps, args.seed, log)
         write_csv(os.path.join(args.data_dir, "guidance_inpaint.csv"), inp_rows)
         text = inpaint_table(inp_rows, isteps, header, info)
-        with open(os.path.join(args.data_dir, "guidance_inpaint.md"), "w") as fh:
-            fh.write(text)
+        atomic_write_text(os.path.join(args.data_dir, "guidance_inpaint.md"), text)
         print(text)
     for p in plots(cfg_rows, inp_rows, args.fig_dir):
         print("wrote", p)

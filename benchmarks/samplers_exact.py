@@ -17,12 +17,14 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import os
 import shutil
 import sys
 
 import torch
 
+from scoresde._utils import atomic_write_text
 from scoresde.bench import Entry, ResultStore, Sweep, aggregate, pivot_table, run_sweep
 from scoresde.samplers import available
 
@@ -61,16 +63,16 @@ def write_tables(out: str, records: list[dict], problems: list[str], command: st
         md.append(f"Wall time (s, median of timed runs, {recs[0]['device']}, {recs[0].get('threads')} thread(s)):\n")
         md.append(pivot_table(records, p, value="wall_s", show_nfe=False))
     md_path = os.path.join(out, "samplers_exact.md")
-    with open(md_path, "w") as fh:
-        fh.write("\n".join(md))
+    atomic_write_text(md_path, "\n".join(md))
     csv_path = os.path.join(out, "samplers_exact.csv")
     cols = ["problem", "label", "sampler", "steps", "seeds", "nfe", "sw2_ratio", "sw2", "sw2_floor", "mmd_ratio",
             "energy_ratio", "mode_err_ratio", "logp_gap_ratio", "wall_s", "samples_per_s", "overhead", "errors"]
-    with open(csv_path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, cols, extrasaction="ignore")
-        w.writeheader()
-        for r in aggregate(records):
-            w.writerow({k: r.get(k) for k in cols})
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, cols, extrasaction="ignore")
+    w.writeheader()
+    for r in aggregate(records):
+        w.writerow({k: r.get(k) for k in cols})
+    atomic_write_text(csv_path, buf.getvalue())
     return md_path, csv_path
 
 

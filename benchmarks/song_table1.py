@@ -38,6 +38,7 @@ import sys
 
 import torch
 
+from scoresde._utils import atomic_write_text
 from scoresde.bench import Entry, ResultStore, Sweep, aggregate, run_sweep
 
 PC = {"corrector": "langevin", "snr": 0.16, "n_corrector_steps": 1, "norm": "batch"}
@@ -122,8 +123,7 @@ def write_report(out: str, records: list[dict], problems: list[str], command: st
             md.append(f"### {p}: {m} / floor (n = {n}, seeds {', '.join(map(str, seeds))}; floor {floor:.4g})\n")
             md.append(table(records, p, m, budget))
     path = os.path.join(out, "song_table1.md")
-    with open(path, "w") as fh:
-        fh.write("\n".join(md))
+    atomic_write_text(path, "\n".join(md))
     return path
 
 

@@ -4,7 +4,13 @@ Public API (stable): the linear SDEs, the score-model wrapper, the exact models,
 front door, guidance (``scoresde.guidance``), the PF-ODE likelihood, and the metrics module.
 """
 
-from . import guidance, metrics, samplers
+from . import (
+    features,  # noqa: F401  (registers the digits' Frechet distance 'fd' into metrics.METRICS)
+    guidance,
+    metrics,
+    samplers,
+)
+from .discrete import DiscreteVPSDE
 from .exact import ClassConditionalMixture, Gaussian, GaussianMixture
 from .likelihood import LikelihoodResult, log_likelihood
 from .model import NonFiniteError, Prediction, ScoreModel
@@ -19,6 +25,7 @@ __all__ = [
     "SubVPSDE",
     "VESDE",
     "EDMSDE",
+    "DiscreteVPSDE",
     "ScoreModel",
     "Prediction",
     "NonFiniteError",

@@ -56,6 +56,7 @@ FORMAT = "scoresde-checkpoint"
 FORMAT_VERSION = 1
 MODEL_FILE, OPTIM_FILE, CONFIG_FILE, STATE_FILE = "model.safetensors", "optimizer.safetensors", "config.json", "state.json"
 LATEST = "latest"
+RUN_MANIFEST, RUN_FORMAT, OWNER_FILE = ".scoresde-run.json", "scoresde-run", ".scoresde-owner"
 _STEP_DIR = re.compile(r"^step-\d+$")
 
 
@@ -98,8 +99,13 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer | None = None,
     config: dict | None = None,
     state: dict | None = None,
+    owner: str | None = None,
 ) -> Path:
-    """Write a complete checkpoint folder at ``path`` atomically (replacing one that is there).
+    """Write a complete checkpoint folder at ``path`` atomically.
+
+    An existing folder at ``path`` is replaced only if it is provably a scoresde checkpoint (its
+    ``state.json`` has the format tag) or, with ``owner``, carries that owner token (a run's);
+    anything else there raises :class:`CheckpointError` and is left untouched.
 
     Args:
         path: the checkpoint folder to write.
@@ -110,6 +116,8 @@ def save_checkpoint(
         optimizer: the optimizer whose state to keep (optional).
         config: more plain-data config (loss, data, scaler, trainer settings, data_shape, ...).
         state: plain-data training state (step, RNG states, schedule, loss history, ...).
+        owner: a token written into the folder (``.scoresde-owner``): a run folder's, so that only
+            folders this run wrote are ever pruned or replaced.
     """
     path = Path(path)
     net = _unwrap(model.net)
@@ -145,37 +153,83 @@ def save_checkpoint(
     }
     full_state["files"] = {k: {"bytes": len(b), "sha256": hashlib.sha256(b).hexdigest()} for k, b in blobs.items()}
     blobs[STATE_FILE] = _json_bytes(full_state)  # written last: its presence marks a complete folder
-    _write_folder_atomically(path, blobs)
+    _write_folder_atomically(path, blobs, owner)
     return path
+
+
+def _owned(path: Path, token: str | None) -> bool:
+    """Whether ``path`` is a folder that scoresde provably wrote: it carries the owner token, or (no
+    token given) its state.json has the checkpoint format tag."""
+    if not path.is_dir() or path.is_symlink():
+        return False
+    if token is not None:
+        try:
+            return (path / OWNER_FILE).read_text(encoding="utf-8").strip() == token
+        except (OSError, UnicodeDecodeError):
+            return False
+    try:
+        return json.loads((path / STATE_FILE).read_text(encoding="utf-8")).get("format") == FORMAT
+    except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+        return False
+
+
+def _run_manifest(run_dir: Path) -> dict:
+    """The run folder's manifest (created on the first checkpoint): a random owner token and the names
+    of the checkpoints this run wrote. Nothing else in the folder is ever deleted."""
+    file = run_dir / RUN_MANIFEST
+    if file.exists():
+        try:
+            m = json.loads(file.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as err:
+            raise CheckpointError(f"{file}: unreadable run manifest ({err})") from None
+        if not (isinstance(m, dict) and m.get("format") == RUN_FORMAT and isinstance(m.get("token"), str)
+                and isinstance(m.get("checkpoints"), list)):
+            raise CheckpointError(f"{file}: not a scoresde run manifest")
+        return m
+    return {"format": RUN_FORMAT, "version": 1, "token": uuid.uuid4().hex, "checkpoints": []}
 
 
 def save_run_checkpoint(run_dir: str | os.PathLike, step: int, *, keep: int = 2, **kwargs: Any) -> Path:
     """Save ``run_dir/step-<step>`` with :func:`save_checkpoint`, then point ``run_dir/latest`` at it
-    and delete all but the ``keep`` newest step folders (``keep <= 0`` keeps all)."""
+    and delete all but the ``keep`` newest of this run's step folders (``keep <= 0`` keeps all).
+
+    The run folder may hold other files: only what this run provably wrote (the folders carrying the
+    run manifest's owner token, ``.scoresde-run.json``) is ever deleted or replaced, so a foreign
+    ``step-12``, ``.tmp-x`` or ``.old-step-y`` is left byte-identical.
+    """
     run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manifest = _run_manifest(run_dir)
+    token = manifest["token"]
     name = f"step-{int(step):07d}"
-    if run_dir.is_dir():  # leftovers of a writer killed mid-write (only one process writes a run folder)
-        for junk in run_dir.iterdir():
-            if junk.name.startswith((".tmp-", ".old-step-")):
-                if junk.is_dir():
-                    shutil.rmtree(junk, ignore_errors=True)
-                else:
-                    junk.unlink(missing_ok=True)
-    out = save_checkpoint(run_dir / name, **kwargs)
+    # Leftovers of a writer of this run killed mid-write (only one process writes a run folder).
+    for junk in run_dir.iterdir():
+        if junk.name.startswith((".tmp-", ".old-")) and _owned(junk, token):
+            shutil.rmtree(junk, ignore_errors=True)
+    out = save_checkpoint(run_dir / name, owner=token, **kwargs)
+    manifest["checkpoints"] = sorted(set(manifest["checkpoints"]) | {name})
+    atomic_write_bytes(run_dir / RUN_MANIFEST, _json_bytes(manifest, indent=1))
     atomic_write_bytes(run_dir / LATEST, (name + "\n").encode())
     if keep > 0:
-        steps = sorted(p for p in run_dir.iterdir() if p.is_dir() and _STEP_DIR.match(p.name))
-        for old in steps[:-keep]:
-            if old.name != name:
-                shutil.rmtree(old, ignore_errors=True)
+        ours = [n for n in manifest["checkpoints"] if _STEP_DIR.match(n) and _owned(run_dir / n, token)]
+        for old in ours[:-keep]:
+            if old != name:
+                shutil.rmtree(run_dir / old, ignore_errors=True)
+        manifest["checkpoints"] = [n for n in manifest["checkpoints"] if (run_dir / n).is_dir()]
+        atomic_write_bytes(run_dir / RUN_MANIFEST, _json_bytes(manifest, indent=1))
     return out
 
 
-def _write_folder_atomically(path: Path, blobs: dict[str, bytes]) -> None:
+def _write_folder_atomically(path: Path, blobs: dict[str, bytes], owner: str | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.exists() and not _owned(path, owner) and not _owned(path, None):
+        raise CheckpointError(f"{path} exists and is not a checkpoint scoresde wrote: refusing to replace it "
+                              "(choose another path, or move it away)")
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex[:8]}"
     tmp.mkdir()
     try:
+        if owner is not None:
+            atomic_write_bytes(tmp / OWNER_FILE, (owner + "\n").encode())  # first: marks the folder as ours
         for fname, data in blobs.items():
             atomic_write_bytes(tmp / fname, data)  # fsynced, mode 0o666 & ~umask
         _fsync_dir(tmp)
@@ -232,7 +286,7 @@ def _net_name(net: nn.Module) -> str:
     from .nets import NETS
 
     name = getattr(net, "name", None)
-    if isinstance(name, str) and NETS.get(name) is type(net):
+    if isinstance(name, str) and name in NETS and NETS[name] is type(net):
         return name
     for name, factory in NETS.items():
         if factory is type(net):

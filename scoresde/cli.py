@@ -21,12 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMANDS:
-        try:
-            mod = importlib.import_module(f"scoresde.commands.{name}")
-        except ModuleNotFoundError as err:
-            if err.name == f"scoresde.commands.{name}":
-                continue  # command not built yet
-            raise
+        mod = importlib.import_module(f"scoresde.commands.{name}")
         p = sub.add_parser(name, help=mod.HELP, description=getattr(mod, "DESCRIPTION", mod.HELP),
                            formatter_class=argparse.ArgumentDefaultsHelpFormatter)
         mod.add_arguments(p)

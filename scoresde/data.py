@@ -16,7 +16,6 @@ mixtures, a fixed reference sample otherwise), so the model space does not depen
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import os
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from torch import Tensor
 
 from ._utils import check_choice
 from .exact import Gaussian, GaussianMixture
+from .registry import Bool, Choice, Real, Registry
 
 __all__ = [
     "Scaler",
@@ -238,7 +238,16 @@ def _rings(n: int, rng: np.random.Generator, noise: float = 0.05):
 
 _SHAPES: dict[str, Callable] = {"moons": _moons, "swissroll": _swissroll, "checkerboard": _checkerboard, "rings": _rings}
 TOY_SETS = MIXTURES + tuple(_SHAPES)
-DATASETS = TOY_SETS + ("digits",)
+
+#: the sources of data by name, with their options (``scaler``, accepted by every source, is handled
+#: by load_dataset): the built-in sets, and ``arrays`` / ``folder`` for a user's file or image folder.
+#: Iterating over it gives the built-in data set names.
+SOURCES = Registry("dataset", skip=("n", "rng", "seed", "path", "folder", "scaler"), error=ValueError)
+for _name in MIXTURES:
+    SOURCES.add(_name, lambda n, rng: None, kind="mixture")
+for _name, _fn in _SHAPES.items():
+    SOURCES.add(_name, _fn, kind="shape", params={"noise": Real(ge=0)})
+
 
 _REF_N, _REF_SEED = 65536, 20240601  # the fixed reference sample that fixes a shape set's scaler
 
@@ -255,23 +264,15 @@ def _mixture_scaler(gm: GaussianMixture) -> Scaler:
 
 def _load_toy(name: str, n: int | None, seed: int, scaler: Any = None, **options) -> Dataset:
     n = 10000 if n is None else n
+    options = SOURCES.get(name).validate(options, fill=False, extra_valid=("scaler",))
     if name in MIXTURES:
-        if options:
-            raise ValueError(f"dataset {name!r} has no option {next(iter(options))!r}; accepted: scaler")
         gm = toy_mixture(name)
         x, y = gm.sample(n, generator=torch.Generator().manual_seed(seed), dtype=torch.float64, return_labels=True)
         sc = _mixture_scaler(gm) if scaler is None else _as_scaler(scaler)
         exact = _mixture_to_model(gm, sc)
         y = y if gm.n_components > 1 else None  # component labels; none for a single Gaussian
     else:
-        fn = _SHAPES[name]
-        accepted = [k for k in inspect.signature(fn).parameters if k not in ("n", "rng")]
-        for k, v in options.items():
-            if k not in accepted:
-                raise ValueError(f"dataset {name!r} has no option {k!r}; accepted: {', '.join(accepted)}, scaler")
-            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"{k} must be a non-negative number; got {v!r}")
-        xa, ya = fn(n, np.random.default_rng(seed), **options)
+        xa, ya = _SHAPES[name](n, np.random.default_rng(seed), **options)
         x, y = torch.from_numpy(xa), None if ya is None else torch.from_numpy(ya)
         sc = _shape_scaler(name, tuple(sorted(options.items()))) if scaler is None else _as_scaler(scaler)
         exact = None
@@ -288,6 +289,11 @@ def _load_digits(n: int | None, seed: int, scaler: Any = None) -> Dataset:
     x, y = _subset(x, y, n, seed, "digits")
     sc = Scaler.from_range(0.0, 16.0) if scaler is None else _as_scaler(scaler)
     return Dataset(sc.to_model(x).float(), y, sc, "digits", "images")
+
+
+SOURCES.add("digits", _load_digits, kind="images")
+#: the built-in data set names
+DATASETS = tuple(SOURCES.names())
 
 
 # ---------------------------------------------------------------------- user data
@@ -451,6 +457,10 @@ def _load_folder(folder: str, n, seed, scaler=None, channels=None, size=None) ->
 
 
 # ---------------------------------------------------------------------- front door
+SOURCES.add("arrays", _load_arrays, kind="file", params={"scaling": Choice(SCALINGS), "channels_last": Bool()})
+SOURCES.add("folder", _load_folder, kind="folder")
+
+
 def _as_scaler(s: Any) -> Scaler:
     if isinstance(s, Scaler):
         return s
@@ -494,15 +504,15 @@ def load_dataset(name_or_path: str | os.PathLike, *, n: int | None = None, seed:
     if name in TOY_SETS:
         ds = _load_toy(name, n, seed, **kwargs)
     elif name == "digits":
-        _check_kwargs("digits", _load_digits, kwargs)
+        _check_source("digits", kwargs)
         ds = _load_digits(n, seed, **kwargs)
     elif os.path.isdir(name):
-        _check_kwargs(name, _load_folder, kwargs)
+        _check_source("folder", kwargs)
         ds = _load_folder(name, n, seed, **kwargs)
     elif name.lower().endswith(ARRAY_EXTENSIONS):
         if not os.path.isfile(name):
             raise FileNotFoundError(f"no such data file: {name!r}")
-        _check_kwargs(name, _load_arrays, kwargs)
+        _check_source("arrays", kwargs)
         ds = _load_arrays(name, n, seed, **kwargs)
     elif os.path.exists(name):
         raise ValueError(
@@ -518,11 +528,9 @@ def load_dataset(name_or_path: str | os.PathLike, *, n: int | None = None, seed:
     return ds
 
 
-def _check_kwargs(where: str, fn: Callable, kwargs: dict) -> None:
-    accepted = [k for k in inspect.signature(fn).parameters if k not in ("path", "folder", "n", "seed")]
-    for k in kwargs:
-        if k not in accepted:
-            raise ValueError(f"dataset {where!r} has no option {k!r}; accepted: {', '.join(accepted)}")
+def _check_source(name: str, kwargs: dict) -> None:
+    """Unknown options or bad values of a source raise, naming them (``scaler`` is every source's)."""
+    SOURCES.get(name).validate({k: v for k, v in kwargs.items() if k != "scaler"}, fill=False, extra_valid=("scaler",))
 
 
 def dataset_from_config(cfg: dict) -> Dataset:

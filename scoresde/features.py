@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import atomic_write_bytes
+from .metrics import METRICS, frechet_distance_from_samples
 
 __all__ = [
     "DigitsConfig",
@@ -187,6 +188,7 @@ def digits_classifier_accuracy(config: DigitsConfig = DigitsConfig()) -> float:
 
 def frechet_digits_distance(x: Tensor, y: Tensor, config: DigitsConfig = DigitsConfig()) -> float:
     """Frechet distance between Gaussians fitted to the classifier features of x and y (the digits' FID)."""
-    from .metrics import frechet_distance_from_samples
-
     return frechet_distance_from_samples(digits_features(x, config), digits_features(y, config))
+
+
+METRICS.add("fd", frechet_digits_distance, label="FD", kind="distance", aliases=("frechet_digits",))

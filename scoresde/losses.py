@@ -23,9 +23,8 @@ rescales the loss).
 
 from __future__ import annotations
 
-import inspect
 import math
-from typing import Any, Callable
+from typing import Any
 
 import einops
 import torch
@@ -33,6 +32,7 @@ from torch import Tensor
 
 from ._utils import append_dims, as_time, batch_time, check_choice
 from .model import ScoreModel
+from .registry import Bool, Choice, Int, Maybe, Real, Registry
 from .sde import LinearSDE
 
 __all__ = ["dsm_loss", "ncsn_loss", "edm_loss", "ncsn_levels", "LOSSES", "WEIGHTINGS", "get_loss", "Loss"]
@@ -122,12 +122,6 @@ def _given_noise(noise: Tensor, x0: Tensor) -> Tensor:
     return noise.to(device=x0.device, dtype=x0.dtype)
 
 
-def _check_weighting(weighting: str, importance_sampling: bool) -> None:
-    check_choice("weighting", weighting, WEIGHTINGS)
-    if not isinstance(importance_sampling, bool):
-        raise TypeError(f"importance_sampling must be True or False; got {importance_sampling!r}")
-
-
 def _dsm_weight(sde: LinearSDE, t: Tensor, weighting: str) -> Tensor | None:
     """lambda(t) / sigma(t)^2 (float64, (B,)): the factor on ||eps_hat - z||^2; None for sigma2 (= 1)."""
     if weighting == "sigma2":
@@ -151,6 +145,15 @@ def _importance_times(sde: LinearSDE, n: int, a: float, b: float, generator, dev
 
 
 # ---------------------------------------------------------------------- the losses
+# Options fixed by the trainer's call convention (given per call), not by get_loss.
+_CALL_ARGS = ("generator", "cond", "reduce", "t", "noise")
+#: the losses by name; options and their accepted values are declared once here and checked on
+#: every call (direct calls too) and by get_loss.
+LOSSES = Registry("loss", keyword_only=True, skip=_CALL_ARGS, error=ValueError)
+
+
+@LOSSES.register("dsm", checked=True, params={"weighting": Choice(WEIGHTINGS), "importance_sampling": Bool(),
+                                              "t_min": Maybe(Real(ge=0)), "t_max": Maybe(Real(gt=0))})
 def dsm_loss(
     model: ScoreModel,
     x0: Tensor,
@@ -187,7 +190,6 @@ def dsm_loss(
     Returns the per-sample loss (B,) for ``reduce="none"``, else its mean (or sum).
     """
     cond = _check_inputs(model, x0, reduce, cond)
-    _check_weighting(weighting, importance_sampling)
     sde, B, dev = model.sde, x0.shape[0], x0.device
     a, b = _time_range(sde, t_min, t_max)
     ratio = None
@@ -243,6 +245,7 @@ def ncsn_levels(sde: LinearSDE, sigmas: Any = None, n_levels: int = 10) -> Tenso
     return ts.clamp(0.0, sde.T)
 
 
+@LOSSES.register("ncsn", checked=True, params={"n_levels": Int(ge=1)})
 def ncsn_loss(
     model: ScoreModel,
     x0: Tensor,
@@ -271,14 +274,7 @@ def ncsn_loss(
     return _finish(_sq_norm(pred.eps - z), x0, reduce, per_dim)
 
 
-def _check_edm(P_mean: float, P_std: float, sigma_data: float) -> None:
-    for name, v in (("P_mean", P_mean), ("P_std", P_std), ("sigma_data", sigma_data)):
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise ValueError(f"{name} must be a finite number; got {v!r}")
-    if P_std <= 0 or sigma_data <= 0:
-        raise ValueError(f"P_std and sigma_data must be positive; got P_std={P_std!r}, sigma_data={sigma_data!r}")
-
-
+@LOSSES.register("edm", checked=True, params={"P_std": Real(gt=0), "sigma_data": Real(gt=0)})
 def edm_loss(
     model: ScoreModel,
     x0: Tensor,
@@ -302,7 +298,6 @@ def edm_loss(
     For a model with ``parameterization="edm"``, ``sigma_data`` must equal the model's.
     """
     cond = _check_inputs(model, x0, reduce, cond)
-    _check_edm(P_mean, P_std, sigma_data)
     if model.parameterization == "edm" and model.sigma_data != sigma_data:
         raise ValueError(
             f"sigma_data={sigma_data!r} differs from the EDM-preconditioned model's sigma_data={model.sigma_data!r}; "
@@ -319,17 +314,6 @@ def edm_loss(
     return _finish(loss, x0, reduce, per_dim)
 
 
-LOSSES: dict[str, Callable[..., Tensor]] = {"dsm": dsm_loss, "ncsn": ncsn_loss, "edm": edm_loss}
-
-# Options fixed by the trainer's call convention, not by get_loss.
-_CALL_ARGS = ("generator", "cond", "reduce", "t", "noise")
-
-
-def _options(fn: Callable) -> dict[str, Any]:
-    sig = inspect.signature(fn)
-    return {k: p.default for k, p in sig.parameters.items() if p.kind is p.KEYWORD_ONLY and k not in _CALL_ARGS}
-
-
 class Loss:
     """A loss with its options bound: ``loss(model, x0, generator=None, cond=None) -> scalar``.
 
@@ -337,24 +321,12 @@ class Loss:
     """
 
     def __init__(self, name: str, **kwargs: Any):
-        check_choice("loss", name, LOSSES)
-        fn = LOSSES[name]
-        accepted = _options(fn)
-        for k in kwargs:
-            if k not in accepted:
-                raise ValueError(
-                    f"loss {name!r} has no option {k!r}; accepted: {', '.join(accepted)}"
-                    + (f" ({k!r} is given per call)" if k in _CALL_ARGS else "")
-                )
-        if name == "dsm":
-            _check_weighting(kwargs.get("weighting", "sigma2"), kwargs.get("importance_sampling", False))
-        elif name == "edm":
-            _check_edm(kwargs.get("P_mean", -1.2), kwargs.get("P_std", 1.2), kwargs.get("sigma_data", 0.5))
-        elif name == "ncsn" and kwargs.get("sigmas") is None:
-            n = kwargs.get("n_levels", 10)
-            if isinstance(n, bool) or int(n) != n or n < 1:
-                raise ValueError(f"n_levels must be a positive integer; got {n!r}")
-        self.name, self.fn, self.kwargs = name, fn, dict(kwargs)
+        entry = LOSSES.get(name)
+        per_call = sorted(set(kwargs) & set(_CALL_ARGS))
+        if per_call:
+            raise ValueError(f"loss {name!r}: {', '.join(map(repr, per_call))} is given per call, not bound; "
+                             f"options: {', '.join(entry.defaults)}")
+        self.name, self.fn, self.kwargs = name, LOSSES[name], entry.validate(kwargs, fill=False)
 
     def __call__(self, model: ScoreModel, x0: Tensor, generator: torch.Generator | None = None,
                  cond: dict | None = None) -> Tensor:

@@ -17,6 +17,10 @@ its floor. Formulas:
   ``|mu1 - mu2|^2 + tr(C1 + C2 - 2 (C1^(1/2) C2 C1^(1/2))^(1/2))``;
 * mode weights, mode-weight error (total variation) and the mean log-likelihood under a known
   density.
+
+:data:`METRICS` is the one registry of metrics by name, used by :func:`compare` and by the benchmark
+(:mod:`scoresde.bench.quality`); :mod:`scoresde.features` registers the digits' Frechet distance
+``fd`` into it.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import Tensor
 
+from .registry import Registry
+
 __all__ = [
     "sliced_wasserstein",
     "mmd",
@@ -39,11 +45,12 @@ __all__ = [
     "mean_log_likelihood",
     "frechet_distance",
     "frechet_distance_from_samples",
-    "frechet_digits_distance",
     "Floor",
     "noise_floor",
     "compare",
     "METRICS",
+    "bind",
+    "floor_of",
     "fid_inception",
     "inception_score",
 ]
@@ -285,14 +292,6 @@ def frechet_distance_from_samples(f1: Tensor, f2: Tensor) -> float:
                             b.mean(0), torch.cov(b.T).reshape(b.shape[1], b.shape[1]))
 
 
-def frechet_digits_distance(x: Tensor, y: Tensor) -> float:
-    """The "FID" of the 8x8 digits: Frechet distance of the digits classifier's penultimate
-    features (see :mod:`scoresde.features`). x, y: (N, 1, 8, 8) or (N, 64) in [-1, 1]."""
-    from .features import frechet_digits_distance as fdd
-
-    return fdd(x, y)
-
-
 # ---------------------------------------------------------------------------------- noise floors
 @dataclass
 class Floor:
@@ -375,17 +374,60 @@ def noise_floor(
     return _floor(vals, int(n))
 
 
-# ---------------------------------------------------------------------------------- compare
-#: metric names accepted by :func:`compare`: two-set distances ``(x, y) -> float``.
-METRICS: dict[str, Callable[[Tensor, Tensor], float]] = {
-    "sw2": sliced_wasserstein,
-    "mmd": mmd,
-    "energy": energy_distance,
-    "frechet": frechet_distance_from_samples,
-    "frechet_digits": frechet_digits_distance,
-}
-#: metrics of one set against an exact model (need a GaussianMixture / a density as reference).
-MODEL_METRICS = ("mode_weight_error", "mean_log_likelihood")
+# ---------------------------------------------------------------------------------- the metric registry
+def _mode_err(x: Tensor, ref: Tensor, *, mixture) -> float:
+    """Total variation between the samples' mode weights and the mixture's (``ref`` is not used)."""
+    return mode_weight_error(x, mixture)
+
+
+def _logp_gap(x: Tensor, ref: Tensor, *, mixture) -> float:
+    """``|mean log p(x) - mean log p(ref)|`` under the exact mixture density."""
+    return abs(mean_log_likelihood(x, mixture) - mean_log_likelihood(ref, mixture))
+
+
+def _logp(x: Tensor, ref: Tensor, *, mixture) -> float:
+    """Mean exact log-density of x (a level, not a distance: compared with exact sets' mean)."""
+    return mean_log_likelihood(x, mixture)
+
+
+def _mmd_bandwidth(r1: Tensor, r2: Tensor) -> dict[str, Any]:
+    return {"bandwidth": median_bandwidth(r1, r2)}
+
+
+#: Every metric by name. ``kind``: ``distance`` (two sets), ``mixture`` (needs the exact mixture; a
+#: distance), ``level`` (a value of one set, compared with exact sets' mean); ``calibrate(r1, r2)``
+#: fixes data-dependent settings once from two reference sets (the MMD bandwidth), so the kernel does
+#: not depend on the samples being judged. :mod:`scoresde.features` registers ``fd``.
+METRICS = Registry("metric", skip=("x", "y", "ref", "mixture", "f1", "f2"))
+METRICS.add("sw2", sliced_wasserstein, label="SW2", kind="distance")
+METRICS.add("mmd", mmd, label="MMD", kind="distance", calibrate=_mmd_bandwidth)
+METRICS.add("energy", energy_distance, label="energy", kind="distance")
+METRICS.add("frechet", frechet_distance_from_samples, label="Frechet", kind="distance")
+METRICS.add("mode_err", _mode_err, label="mode err", kind="mixture", aliases=("mode_weight_error",))
+METRICS.add("logp_gap", _logp_gap, label="logp gap", kind="mixture")
+METRICS.add("logp", _logp, label="logp", kind="level", aliases=("mean_log_likelihood",))
+
+
+def bind(name: str, ref: Tensor, *, mixture: Any = None, calibration: Tensor | None = None) -> Callable[[Tensor], float]:
+    """The metric ``name`` as a function of the samples alone, against the fixed reference set ``ref``.
+
+    ``calibration``: a second reference set for the metric's calibration (the MMD bandwidth from
+    (ref, calibration)); ``mixture``: the exact mixture, for metrics of kind ``mixture``/``level``.
+    """
+    entry = METRICS.get(name)
+    kw = entry.meta["calibrate"](ref, calibration) if entry.meta.get("calibrate") and calibration is not None else {}
+    if entry.meta["kind"] in ("mixture", "level"):
+        if mixture is None or not hasattr(mixture, "log_prob"):
+            raise TypeError(f"metric {entry.name!r} needs the exact mixture (a GaussianMixture); got "
+                            f"{type(mixture).__name__}")
+        kw["mixture"] = mixture
+    fn = entry.obj
+    return lambda x: float(fn(x, ref, **kw))
+
+
+def floor_of(values: Sequence[float], n: int) -> Floor:
+    """A :class:`Floor` from a metric's values on independent exact (or held-out) sets of size n."""
+    return _floor(values, n)
 
 
 def compare(
@@ -399,16 +441,18 @@ def compare(
     """Each metric of ``samples`` against the reference, with its noise floor and the ratio.
 
     ``reference`` is a sampler ``(n, generator=...)``, an exact model with ``.sample`` (a
-    :class:`~scoresde.GaussianMixture`, which also enables ``mode_weight_error`` and
-    ``mean_log_likelihood``), or a tensor pool. For a two-set distance d the value is
+    :class:`~scoresde.GaussianMixture`, which also enables the ``mixture`` and ``level`` metrics:
+    ``mode_err``, ``logp_gap``, ``logp``), or a tensor pool. Metric names are those of
+    :data:`METRICS` (``mode_weight_error`` and ``mean_log_likelihood`` are aliases of ``mode_err``
+    and ``logp``), or a mapping name -> two-set distance. For a distance d the value is
     ``d(samples, R)`` with a fresh reference set R of the same size, the floor is
     :func:`noise_floor` of d, and ``ratio = value / floor_rms`` (~1 means "indistinguishable from
-    two exact sets"). The MMD bandwidth is fixed once from the first reference pair, so the kernel
-    does not depend on the samples being judged. ``mode_weight_error`` is compared with its value
-    on exact sets; ``mean_log_likelihood`` reports the exact sets' mean (``floor``) and spread
-    (``floor_std``), with ``ratio`` None and ``gap = floor - value``.
+    two exact sets"). Calibrated metrics (the MMD bandwidth) are calibrated once on the first
+    reference pair. ``logp`` reports the exact sets' mean (``floor``) and spread (``floor_std``),
+    with ``ratio`` None and ``gap = floor - value``.
 
-    Returns ``{name: {"value", "floor", "floor_mean", "floor_std", "ratio", "n"}}``.
+    Returns ``{name: {"value", "floor", "floor_mean", "floor_std", "ratio", "n"}}``, keyed by the
+    names as given.
     """
     x = samples
     n = x.shape[0]
@@ -417,43 +461,31 @@ def compare(
     out: dict[str, dict[str, Any]] = {}
     for name in names:
         if isinstance(metrics, Mapping):
-            fn = metrics[name]
-        elif name in METRICS:
-            fn = METRICS[name]
-        elif name in MODEL_METRICS:
-            out[name] = _compare_model_metric(name, x, reference, n, repeats, g)
-            continue
+            fn, kind, kw = metrics[name], "distance", {}
         else:
-            accepted = ", ".join(list(METRICS) + list(MODEL_METRICS))
-            raise ValueError(f"metrics: {name!r} is not one of the accepted values: {accepted}")
+            entry = METRICS.get(name)
+            fn, kind, kw = entry.obj, entry.meta["kind"], {}
+            if kind in ("mixture", "level"):
+                if not (hasattr(reference, "responsibilities") and hasattr(reference, "log_prob")):
+                    raise TypeError(f"metric {name!r} needs a GaussianMixture reference; got {type(reference).__name__}")
+                kw["mixture"] = reference
         pairs = _reference_pairs(reference, n, repeats, g)
-        if fn is mmd:
-            h = median_bandwidth(*pairs[0])
-            fn = lambda a, b, h=h: mmd(a, b, bandwidth=h)  # noqa: E731
-        value = float(fn(x, _reference_draw(reference, n, g)))
-        fl = _floor([float(fn(r1, r2)) for r1, r2 in pairs], n)
-        out[name] = _row(value, fl)
+        if not isinstance(metrics, Mapping) and entry.meta.get("calibrate"):
+            kw.update(entry.meta["calibrate"](*pairs[0]))
+        d = lambda a, b, fn=fn, kw=kw: float(fn(a, b, **kw))  # noqa: E731
+        value = d(x, _reference_draw(reference, n, g))
+        fl = _floor([d(r1, r2) for r1, r2 in pairs], n)
+        if kind == "level":
+            out[name] = {"value": value, "floor": fl.mean, "floor_mean": fl.mean, "floor_std": fl.std, "ratio": None,
+                         "gap": fl.mean - value, "n": n}
+        else:
+            out[name] = _row(value, fl)
     return out
 
 
 def _row(value: float, fl: Floor) -> dict[str, Any]:
     ratio = value / fl.rms if fl.rms > 0 else float("inf")
     return {"value": value, "floor": fl.rms, "floor_mean": fl.mean, "floor_std": fl.std, "ratio": ratio, "n": fl.n}
-
-
-def _compare_model_metric(name: str, x: Tensor, reference: Any, n: int, repeats: int, g: torch.Generator) -> dict:
-    if name == "mode_weight_error":
-        if not hasattr(reference, "responsibilities"):
-            raise TypeError(f"metric 'mode_weight_error' needs a GaussianMixture reference; got {type(reference).__name__}")
-        value = mode_weight_error(x, reference)
-        fl = _floor([mode_weight_error(_reference_draw(reference, n, g), reference) for _ in range(repeats)], n)
-        return _row(value, fl)
-    if not hasattr(reference, "log_prob"):
-        raise TypeError(f"metric 'mean_log_likelihood' needs a reference with .log_prob; got {type(reference).__name__}")
-    value = mean_log_likelihood(x, reference)
-    fl = _floor([mean_log_likelihood(_reference_draw(reference, n, g), reference) for _ in range(repeats)], n)
-    return {"value": value, "floor": fl.mean, "floor_mean": fl.mean, "floor_std": fl.std, "ratio": None,
-            "gap": fl.mean - value, "n": n}
 
 
 # ---------------------------------------------------------------------------------- Inception (optional)
@@ -537,3 +569,14 @@ def inception_score(
         scores.append(float(kl.exp()))
     s = torch.tensor(scores, dtype=torch.float64)
     return float(s.mean()), float(s.std()) if len(scores) > 1 else 0.0
+
+
+def __getattr__(name: str) -> Any:
+    # Deprecated location: the digits' Frechet distance lives in scoresde.features (metric "fd").
+    if name == "frechet_digits_distance":
+        import warnings
+
+        warnings.warn("scoresde.metrics.frechet_digits_distance is deprecated: use scoresde.features."
+                      "frechet_digits_distance or metrics.METRICS['fd']", DeprecationWarning, stacklevel=2)
+        return METRICS["fd"]
+    raise AttributeError(f"module 'scoresde.metrics' has no attribute {name!r}")

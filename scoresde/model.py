@@ -104,7 +104,10 @@ class ScoreModel(nn.Module):
 
     Args:
         net: ``net(x_in, c_noise, **cond) -> Tensor`` of x's shape; an ``nn.Module`` or any
-            callable (a bare ``score_fn(x, t)`` is ``ScoreModel(score_fn, sde)``).
+            callable (a bare ``score_fn(x, t)`` is ``ScoreModel(score_fn, sde)``). An output with a
+            ``.sample`` tensor (diffusers' ``UNet2DOutput``) or a tuple whose first item is the
+            tensor is accepted too. For diffusers, k-diffusion, score_sde and EDM networks see
+            :mod:`scoresde.adapters`, which also map their time inputs.
         sde: the linear SDE the network was trained for.
         parameterization: what the network outputs: one of ``score``, ``eps``, ``x0``, ``v``,
             ``denoiser`` (EDM's D(x; sigma) call convention) or ``edm`` (EDM-preconditioned F).
@@ -180,7 +183,7 @@ class ScoreModel(nn.Module):
             s = sigma64 / alpha64  # sigma~, float64
             x_in = x / alpha
             if p == "denoiser":
-                out = self.net(x_in.to(net_dtype), s.to(net_dtype), **cond)
+                out = _unwrap(self.net(x_in.to(net_dtype), s.to(net_dtype), **cond))
             else:
                 sd = self.sigma_data
                 s_ = append_dims(s, x.ndim).to(x.dtype)
@@ -188,12 +191,12 @@ class ScoreModel(nn.Module):
                 c_skip = sd**2 / (s_**2 + sd**2)
                 c_out = s_ * sd / torch.sqrt(s_**2 + sd**2)
                 c_noise = (0.25 * torch.log(s)).to(net_dtype)
-                F = self.net((c_in * x_in).to(net_dtype), c_noise, **cond)
+                F = _unwrap(self.net((c_in * x_in).to(net_dtype), c_noise, **cond))
                 self._check_shape(F, x)
                 out = c_skip * x_in + c_out * F.to(x.dtype)
             kind = "x0"
         else:
-            out = self.net(x.to(net_dtype), self._c_noise(t).to(net_dtype), **cond)
+            out = _unwrap(self.net(x.to(net_dtype), self._c_noise(t).to(net_dtype), **cond))
             kind = p
         self._check_shape(out, x)
         out = out.to(x.dtype)
@@ -230,7 +233,10 @@ class ScoreModel(nn.Module):
     def _check_shape(out: Any, x: Tensor) -> None:
         if not isinstance(out, Tensor) or out.shape != x.shape:
             got = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-            raise ValueError(f"the network must return a tensor of x's shape {tuple(x.shape)}; got {got}")
+            raise ValueError(
+                f"the network must return a tensor of x's shape {tuple(x.shape)} (or an object whose .sample is one, "
+                f"e.g. diffusers' UNet2DOutput, or a tuple whose first item is one); got {got}"
+            )
 
     def score(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """Convenience: the score at (x, t) (one network call)."""
@@ -242,6 +248,20 @@ class ScoreModel(nn.Module):
             "noise_input": self.noise_input,
             "sigma_data": self.sigma_data,
         }
+
+
+def _unwrap(out: Any) -> Any:
+    """The tensor of a network's output: the output itself, its ``.sample`` (diffusers' ``UNet2DOutput``
+    and friends), or the first item of a tuple/list (``return_dict=False``). Anything else is left
+    for :meth:`ScoreModel._check_shape` to refuse with the accepted forms named."""
+    if isinstance(out, Tensor):
+        return out
+    sample = getattr(out, "sample", None)
+    if isinstance(sample, Tensor):
+        return sample
+    if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
+        return out[0]
+    return out
 
 
 def _non_finite(call: int, tmin: Tensor, tmax: Tensor) -> NonFiniteError:

@@ -22,6 +22,7 @@ default accepts only True/False, an ``int`` default any integer (not a bool, not
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import numbers
@@ -29,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 __all__ = [
-    "Registry", "Entry", "Param", "Real", "Int", "Bool", "Choice", "OneOf", "Anything", "REQUIRED",
+    "Registry", "Entry", "Param", "Real", "Int", "Bool", "Choice", "OneOf", "Maybe", "Anything", "REQUIRED",
     "options_of", "check_value",
 ]
 
@@ -185,6 +186,22 @@ class OneOf(Param):
 
 
 @dataclass(frozen=True)
+class Maybe(Param):
+    """None, or a value accepted by ``inner``."""
+
+    inner: Param
+
+    def accepts(self, value: Any) -> bool:
+        return value is None or self.inner.accepts(value)
+
+    def normalise(self, value: Any) -> Any:
+        return None if value is None else self.inner.normalise(value)
+
+    def describe(self) -> str:
+        return f"None or {self.inner.describe()}"
+
+
+@dataclass(frozen=True)
 class Anything(Param):
     """Any value, or (``types``) an instance of one of the given types; ``None`` if ``optional``."""
 
@@ -259,13 +276,15 @@ class Entry:
 
     def validate(self, options: Mapping[str, Any] | None = None, *, fill: bool = True,
                  extra_valid: Sequence[str] = ()) -> dict[str, Any]:
-        """Check ``options`` (unknown names raise TypeError listing the valid ones; each value is
-        checked against its param); return them normalised, with the defaults filled in."""
+        """Check ``options`` (unknown or missing names raise the registry's ``error`` type, TypeError by
+        default, listing the valid ones; each value is checked against its param, ValueError); return
+        them normalised, with the defaults filled in (unless ``fill=False``)."""
         options = dict(options or {})
+        error = self.meta.get("_error", TypeError)
         unknown = sorted(set(options) - set(self.defaults))
         if unknown:
             valid = sorted(set(self.defaults) | set(extra_valid))
-            raise TypeError(
+            raise error(
                 f"unknown option(s) {', '.join(map(repr, unknown))} for {self.where}; valid options: "
                 f"{', '.join(valid) if valid else '(none)'}"
             )
@@ -274,7 +293,7 @@ class Entry:
             if name in options:
                 out[name] = self.params[name].check(name, options[name], self.where)
             elif default is REQUIRED:
-                raise TypeError(f"{self.where} needs the option {name!r} ({self.params[name].describe()})")
+                raise error(f"{self.where} needs the option {name!r} ({self.params[name].describe()})")
             elif fill:
                 out[name] = default
         return out
@@ -293,12 +312,15 @@ class Registry:
     """Names -> :class:`Entry`; ``what`` is the noun used in errors ("sampler", "loss", ...).
 
     ``skip`` and ``keyword_only`` say which signature parameters are options (see
-    :func:`options_of`). Entries may carry any metadata keywords.
+    :func:`options_of`); ``error`` is the exception type for unknown or missing options (TypeError,
+    as Python raises for a bad keyword; ValueError for configuration registries such as networks and
+    losses, whose options come from files and command lines). Entries may carry any metadata keywords.
     """
 
     def __init__(self, what: str, *, skip: Sequence[str] = (), keyword_only: bool = False,
-                 entry_type: type[Entry] = Entry):
+                 entry_type: type[Entry] = Entry, error: type[Exception] = TypeError):
         self.what = what
+        self.error = error
         self.skip = tuple(skip)
         self.keyword_only = keyword_only
         self.entry_type = entry_type
@@ -323,7 +345,9 @@ class Registry:
             if d is not REQUIRED and not full[k].accepts(d):
                 raise TypeError(f"{self.what} {name!r}: the default {k}={d!r} is outside its declared values "
                                 f"({full[k].describe()})")
-        return self.entry_type(name=name, obj=obj, what=self.what, defaults=defaults, params=full, meta=dict(meta))
+        meta = dict(meta)
+        meta.setdefault("_error", self.error)
+        return self.entry_type(name=name, obj=obj, what=self.what, defaults=defaults, params=full, meta=meta)
 
     def add_entry(self, entry: Entry, *, overwrite: bool = False, aliases: Sequence[str] = ()) -> Entry:
         name = entry.name
@@ -340,12 +364,22 @@ class Registry:
         """Register ``obj`` under ``name`` (and ``aliases``); returns the entry."""
         return self.add_entry(self.make_entry(name, obj, params=params, **meta), overwrite=overwrite, aliases=aliases)
 
-    def register(self, name: str, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        """Decorator form of :meth:`add`; returns the object unchanged."""
+    def register(self, name: str, *, checked: bool = False, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+        """Decorator form of :meth:`add`. Returns the object unchanged, or with ``checked=True`` a
+        function that validates its options (through the entry) on every direct call as well."""
 
         def deco(obj: Callable[..., Any]) -> Callable[..., Any]:
-            self.add(name, obj, **kwargs)
-            return obj
+            entry = self.add(name, obj, **kwargs)
+            if not checked:
+                return obj
+
+            @functools.wraps(obj)
+            def call(*args: Any, **kw: Any) -> Any:
+                opts = {k: v for k, v in kw.items() if k in entry.defaults}
+                kw.update(entry.validate(opts, fill=False))
+                return obj(*args, **kw)
+
+            return call
 
         return deco
 
@@ -383,6 +417,9 @@ class Registry:
 
     def keys(self) -> list[str]:
         return self.names()
+
+    def values(self) -> list[Callable[..., Any]]:
+        return [e.obj for e in self._entries.values()]
 
     def items(self) -> list[tuple[str, Callable[..., Any]]]:
         return [(n, e.obj) for n, e in self._entries.items()]

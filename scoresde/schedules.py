@@ -17,11 +17,43 @@ import torch
 from torch import Tensor
 
 from ._utils import as_time
+from .registry import Real, Registry
 from .sde import LinearSDE
 
-__all__ = ["make_grid", "SCHEDULES"]
+__all__ = ["make_grid", "SCHEDULES", "GRIDS"]
 
-SCHEDULES = ("uniform", "karras", "logsnr", "quadratic")
+
+def _uniform(sde: LinearSDE, u: Tensor, t_hi: float, t_lo: float) -> Tensor:
+    """Uniform in t (Song et al. 2021)."""
+    return t_hi + u * (t_lo - t_hi)
+
+
+def _quadratic(sde: LinearSDE, u: Tensor, t_hi: float, t_lo: float) -> Tensor:
+    """Uniform in sqrt(t) (DDIM's quadratic skip)."""
+    return (t_hi**0.5 + u * (t_lo**0.5 - t_hi**0.5)) ** 2
+
+
+def _logsnr(sde: LinearSDE, u: Tensor, t_hi: float, t_lo: float) -> Tensor:
+    """Uniform in lambda = log(alpha/sigma) (Lu et al. 2022, "logSNR")."""
+    lam_hi, lam_lo = sde.lam(as_time(t_hi)), sde.lam(as_time(t_lo))
+    return sde.inverse_lambda(lam_hi + u * (lam_lo - lam_hi))
+
+
+def _karras(sde: LinearSDE, u: Tensor, t_hi: float, t_lo: float, *, rho: float = 7.0) -> Tensor:
+    """Uniform in sigma~^(1/rho) (Karras et al. 2022, Eq. 5)."""
+    s_max = float(sde.sigma_tilde(as_time(t_hi)))
+    s_min = float(sde.sigma_tilde(as_time(t_lo)))
+    sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
+    return sde.t_from_sigma_tilde(sig)
+
+
+#: the named grids: ``fn(sde, u, t_hi, t_lo, **options)`` maps u = 0 .. 1 (steps + 1 points) to times.
+GRIDS = Registry("schedule", skip=("sde", "u", "t_hi", "t_lo"))
+GRIDS.add("uniform", _uniform)
+GRIDS.add("karras", _karras, params={"rho": Real(gt=0)})
+GRIDS.add("logsnr", _logsnr)
+GRIDS.add("quadratic", _quadratic)
+SCHEDULES = tuple(GRIDS.names())
 
 
 def make_grid(
@@ -45,31 +77,20 @@ def make_grid(
             raise ValueError(f"explicit schedule has {ts.numel()} times but steps={steps} needs {steps + 1}")
         _check_grid(sde, ts, "schedule")
         return ts
-    if schedule not in SCHEDULES:
+    if schedule not in GRIDS:
         raise ValueError(
-            f"schedule={schedule!r} is not one of the accepted values: {', '.join(map(repr, SCHEDULES))}, "
+            f"schedule={schedule!r} is not one of the accepted values: {', '.join(map(repr, GRIDS.names()))}, "
             "or an explicit decreasing sequence of times"
         )
-    if steps is None or int(steps) != steps or steps < 1:
+    if steps is None or isinstance(steps, bool) or int(steps) != steps or steps < 1:
         raise ValueError(f"steps must be a positive integer (the number of time intervals); got {steps!r}")
     if not sde.t_min - 1e-12 <= t_lo < t_hi <= sde.T + 1e-12:
         raise ValueError(f"need {sde.t_min} <= t_min < T <= {sde.T}; got t_min={t_lo}, T={t_hi}")
     steps = int(steps)
+    entry = GRIDS.get(schedule)
+    opts = entry.validate({"rho": rho} if "rho" in entry.defaults else {})
     u = torch.linspace(0.0, 1.0, steps + 1, dtype=torch.float64)
-    if schedule == "uniform":
-        ts = t_hi + u * (t_lo - t_hi)
-    elif schedule == "quadratic":
-        ts = (t_hi**0.5 + u * (t_lo**0.5 - t_hi**0.5)) ** 2
-    elif schedule == "logsnr":
-        lam_hi, lam_lo = sde.lam(as_time(t_hi)), sde.lam(as_time(t_lo))
-        ts = sde.inverse_lambda(lam_hi + u * (lam_lo - lam_hi))
-    else:  # karras
-        if not rho > 0:
-            raise ValueError(f"rho must be positive; got {rho}")
-        s_max = float(sde.sigma_tilde(as_time(t_hi)))
-        s_min = float(sde.sigma_tilde(as_time(t_lo)))
-        sig = (s_max ** (1 / rho) + u * (s_min ** (1 / rho) - s_max ** (1 / rho))) ** rho
-        ts = sde.t_from_sigma_tilde(sig)
+    ts = entry.obj(sde, u, t_hi, t_lo, **opts)
     ts[0], ts[-1] = t_hi, t_lo  # exact endpoints (inverse maps are exact to round-off only)
     ts = ts.to(device)
     _check_grid(sde, ts, f"the {schedule!r} grid with steps={steps}")

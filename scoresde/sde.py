@@ -321,6 +321,13 @@ def _check_pos(name: str, value: float) -> float:
     return value
 
 
+def _check_sigma_range(sigma_min: float, sigma_max: float) -> tuple[float, float]:
+    sigma_min, sigma_max = _check_pos("sigma_min", sigma_min), _check_pos("sigma_max", sigma_max)
+    if sigma_min >= sigma_max:
+        raise ValueError(f"need sigma_min < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
+    return sigma_min, sigma_max
+
+
 class _BetaSchedule(LinearSDE):
     """Shared closed forms of the linear-beta schedule: log alpha = -t^2 (b1-b0)/4 - t b0/2."""
 
@@ -427,10 +434,7 @@ class VESDE(LinearSDE):
     capabilities = frozenset({"extends_beyond_T"})
 
     def __init__(self, sigma_min: float = 0.01, sigma_max: float = 50.0, T: float = 1.0, t_min: float = 1e-5):
-        sigma_min = _check_pos("sigma_min", sigma_min)
-        sigma_max = _check_pos("sigma_max", sigma_max)
-        if sigma_min >= sigma_max:
-            raise ValueError(f"need sigma_min < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        sigma_min, sigma_max = _check_sigma_range(sigma_min, sigma_max)
         super().__init__(T=T, t_min=t_min)
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self._log_ratio = math.log(sigma_max / sigma_min)
@@ -470,10 +474,7 @@ class EDMSDE(LinearSDE):
     capabilities = frozenset({"extends_beyond_T"})
 
     def __init__(self, sigma_min: float = 0.002, sigma_max: float = 80.0):
-        sigma_min = _check_pos("sigma_min", sigma_min)
-        sigma_max = _check_pos("sigma_max", sigma_max)
-        if sigma_min >= sigma_max:
-            raise ValueError(f"need sigma_min < sigma_max; got sigma_min={sigma_min}, sigma_max={sigma_max}")
+        sigma_min, sigma_max = _check_sigma_range(sigma_min, sigma_max)
         super().__init__(T=sigma_max, t_min=sigma_min)
         self.sigma_min, self.sigma_max = sigma_min, sigma_max
         self._kwargs = {"sigma_min": sigma_min, "sigma_max": sigma_max}

@@ -38,9 +38,9 @@ from torch import Tensor, nn
 
 from . import checkpoint as ckpt_mod
 from . import distributed
-from ._utils import check_choice
 from .model import NonFiniteError, ScoreModel
 from .plots import image_range, save_sample_figure  # noqa: F401  (public here since 0.1)
+from .registry import Anything, Bool, Choice, Int, Maybe, Real
 from .sde import LinearSDE
 
 __all__ = ["TrainConfig", "Trainer", "train_points", "default_parameterization", "data_std", "save_sample_figure",
@@ -76,21 +76,20 @@ class TrainConfig:
     verbose: bool = True  # print log lines when there is no bar
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "log_every", "snapshot_steps"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be a positive integer; got {getattr(self, name)!r}")
-        for name in ("warmup", "ckpt_every", "keep", "snapshot_every", "snapshot_n"):
-            if int(getattr(self, name)) < 0:
-                raise ValueError(f"{name} must be a non-negative integer; got {getattr(self, name)!r}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise ValueError(f"lr must be a positive finite number; got {self.lr!r}")
-        if not (0.0 <= self.ema_decay < 1.0):
-            raise ValueError(f"ema_decay must lie in [0, 1); got {self.ema_decay!r}")
-        if self.grad_clip < 0 or self.weight_decay < 0:
-            raise ValueError(f"grad_clip and weight_decay must be >= 0; got {self.grad_clip!r}, {self.weight_decay!r}")
-        check_choice("amp", self.amp, AMP_MODES)
-        if not isinstance(self.loss_kwargs, dict):
-            raise ValueError(f"loss_kwargs must be a dict; got {self.loss_kwargs!r}")
+        for name, param in _TRAIN_PARAMS.items():
+            setattr(self, name, param.check(name, getattr(self, name), "TrainConfig"))
+
+
+_POS_INT, _NONNEG_INT = Int(ge=1), Int(ge=0)
+#: accepted values of every TrainConfig field (checked when a config is made, e.g. from a checkpoint).
+_TRAIN_PARAMS = {
+    "steps": _POS_INT, "batch_size": _POS_INT, "log_every": _POS_INT, "snapshot_steps": _POS_INT,
+    "warmup": _NONNEG_INT, "ckpt_every": _NONNEG_INT, "keep": _NONNEG_INT, "snapshot_every": _NONNEG_INT,
+    "snapshot_n": _NONNEG_INT, "seed": _NONNEG_INT, "lr": Real(gt=0), "weight_decay": Real(ge=0),
+    "grad_clip": Real(ge=0), "ema_decay": Real(ge=0, lt=1), "amp": Choice(AMP_MODES),
+    "loss_kwargs": Anything(types=(dict,)), "progress": Maybe(Bool()), "verbose": Bool(),
+    "snapshot_sampler": Anything(types=(str,)), "device": Anything(types=(str,)), "loss": Anything(types=(str,)),
+}
 
 
 def default_parameterization(sde: LinearSDE) -> tuple[str, str]:

@@ -27,4 +27,8 @@ if ! "$VENV/bin/python" -c "import torch" 2>/dev/null; then
 fi
 # torch is already present, so the ">=" requirement below installs nothing more for it.
 pip_install -e ".[dev]"
+# Peers for the adapters' cross-check tests (docs/byo-model.md): diffusers and torchsde from the
+# `peers` extra; k-diffusion without its dependencies (scoresde loads its sampling.py alone).
+pip_install -e ".[peers]"
+pip_install --no-deps "k-diffusion==0.1.1.post1"
 "$VENV/bin/python" -c "import torch, scoresde; print(f'setup: scoresde {scoresde.__version__}, torch {torch.__version__}, python in $VENV')"

@@ -129,7 +129,8 @@ def _kill_after(monkeypatch, n_files: int):
     monkeypatch.setattr(ck, "atomic_write_bytes", dying)
 
 
-@pytest.mark.parametrize("n_files", [1, 2, 3, 4, 5])  # die in each of the 4 files, or in the 'latest' pointer
+# Writes of a run checkpoint, in order: the owner token, the 4 files, the run manifest, the 'latest' pointer.
+@pytest.mark.parametrize("n_files", [1, 2, 3, 4, 5, 6, 7])
 def test_killed_save_leaves_previous_checkpoint(tmp_path, monkeypatch, n_files):
     tr = _trainer(tmp_path / "run", steps=3)
     tr.fit()  # step-0000003, complete
@@ -142,15 +143,18 @@ def test_killed_save_leaves_previous_checkpoint(tmp_path, monkeypatch, n_files):
                             config=tr.checkpoint_config(), state=tr.state())
     monkeypatch.undo()
     after = load_checkpoint(tmp_path / "run")
-    if n_files <= 4:  # died while writing the folder: the old checkpoint is what loads, and no step-4 exists
+    if n_files <= 5:  # died while writing the folder: the old checkpoint is what loads, and no step-4 exists
         assert after.path.name == "step-0000003" and not (tmp_path / "run" / "step-0000004").exists()
-    else:  # died writing 'latest' (written last): the old pointer stands; the complete new folder is unused
+    else:  # died writing the manifest or 'latest': the old pointer stands; the complete new folder is unused
         assert after.path.name == "step-0000003" and (tmp_path / "run" / "step-0000004" / "state.json").is_file()
     assert after.state == before.state
     # the next save cleans the leftovers up and works
     tr.save()
     assert load_checkpoint(tmp_path / "run").step == 4
-    assert not [p for p in (tmp_path / "run").iterdir() if p.name.startswith(".")]
+    # The killed folder's leftovers carry the run's owner token and are removed; a half-written temp
+    # file of a single-file write (manifest, 'latest') carries nothing that proves it ours, so it stays.
+    left = {p.name for p in (tmp_path / "run").iterdir() if p.name.startswith(".")} - {".scoresde-run.json"}
+    assert left == (set() if n_files <= 5 else {".tmp-killed"})
 
 
 def test_killed_overwrite_keeps_old_folder(tmp_path, monkeypatch):
@@ -258,3 +262,37 @@ def test_bad_checkpoints_raise_checkpoint_error(run, tmp_path, kind):
     msg = str(info.value)
     assert expected in msg, msg
     assert isinstance(info.value, ValueError)  # the CLI reports ValueErrors as clean messages
+
+
+def test_foreign_entries_in_a_run_folder_are_never_touched(tmp_path):
+    # A run folder that already holds the user's own .tmp-*, .old-step-* and step-* entries: training
+    # with pruning (keep=1) and resuming must leave every one of them byte-identical.
+    run = tmp_path / "run"
+    foreign = {".tmp-mine": b"t", ".old-step-0000001-x/inner": b"o", "step-0000002/notes.txt": b"s",
+               "step-12/data.bin": b"\x00\x01", ".tmp-step-0000001-deadbeef/f": b"u", "step-0000001": b"a file"}
+    for rel, data in foreign.items():
+        f = run / rel
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(data)
+    def trainer(steps):
+        tr = _trainer(run, steps=steps)
+        tr.config.ckpt_every, tr.config.keep = 1, 1
+        return tr
+
+    tr = trainer(4)
+    with pytest.raises(CheckpointError, match="step-0000001 exists and is not a checkpoint scoresde wrote"):
+        tr.fit()  # the user's file named like our first checkpoint is refused, not replaced
+    (run / "step-0000001").unlink()
+    del foreign["step-0000001"]
+    tr = trainer(4)
+    with pytest.raises(CheckpointError, match="step-0000002 exists"):
+        tr.fit()  # likewise the user's folder step-0000002
+    shutil.rmtree(run / "step-0000002")
+    del foreign["step-0000002/notes.txt"]
+    trainer(3).fit()
+    resumed = Trainer.resume(run, steps=5, ckpt_every=1, keep=1)
+    resumed.fit()
+    for rel, data in foreign.items():
+        assert (run / rel).read_bytes() == data, rel
+    ours = sorted(p.name for p in run.iterdir() if p.name.startswith("step-0"))
+    assert ours == ["step-0000005"]  # keep=1 pruned only this run's own checkpoints

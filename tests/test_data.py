@@ -220,10 +220,14 @@ def test_errors_name_the_problem(tmp_path):
     np.savez(tmp_path / "lab.npz", x=np.random.rand(3, 2), y=np.ones(4, dtype=int))
     with pytest.raises(ValueError, match=r"labels must be non-negative integers of shape \(3,\)"):
         load_dataset(tmp_path / "lab.npz")
-    with pytest.raises(ValueError, match="no option 'noise'"):
+    with pytest.raises(ValueError, match="unknown option.*'noise' for dataset 'gmm'; valid options: scaler"):
         load_dataset("gmm", noise=0.1)
-    with pytest.raises(ValueError, match="no option 'sigma'; accepted: noise"):
+    with pytest.raises(ValueError, match="unknown option.*'sigma' for dataset 'moons'; valid options: noise, scaler"):
         load_dataset("moons", sigma=0.1)
+    with pytest.raises(ValueError, match="dataset 'moons': noise=-0.1 is not accepted; accepted: a finite number >= 0"):
+        load_dataset("moons", noise=-0.1)
+    with pytest.raises(ValueError, match="unknown option.*'noise' for dataset 'arrays'"):
+        load_dataset(tmp_path / "lab.npz", noise=0.1)
     with pytest.raises(ValueError, match="n=5000 exceeds the 1797 samples of digits"):
         load_dataset("digits", n=5000)
     with pytest.raises(ValueError, match="n must be a positive integer"):

@@ -123,12 +123,14 @@ def test_unet_works_in_float64():
 
 
 def test_errors_name_the_argument():
-    with pytest.raises(ValueError, match="net='resnet'.*'mlp', 'unet'"):
+    with pytest.raises(ValueError, match="unknown net 'resnet'; accepted: mlp, unet"):
         build_net("resnet")
-    with pytest.raises(ValueError, match="no argument.*'width'.*accepted: dim, hidden"):
+    with pytest.raises(ValueError, match="unknown option.*'width' for net 'mlp'; valid options:.*dim.*hidden"):
         build_net("mlp", dim=2, width=3)
-    with pytest.raises(ValueError, match="needs argument.*'dim'"):
+    with pytest.raises(ValueError, match="net 'mlp' needs the option 'dim'"):
         build_net("mlp")
+    with pytest.raises(ValueError, match="net 'mlp': hidden=12.5 is not accepted; accepted: an integer"):
+        build_net("mlp", dim=2, hidden=12.5)
     with pytest.raises(ValueError, match="act='swish'.*'silu'"):
         MLP(2, act="swish")
     with pytest.raises(ValueError, match="embedding='rff'"):
@@ -151,3 +153,31 @@ def test_errors_name_the_argument():
         mlp(torch.randn(2, 2), torch.rand(2))
     with pytest.raises(ValueError, match=r"y must be an integer tensor of shape \(2,\)"):
         mlp(torch.randn(2, 3), torch.rand(2), y=torch.zeros(2))
+
+
+def test_a_registered_user_network_is_built_by_name_and_rebuilt_from_its_config():
+    from scoresde.nets import NETS, register_net
+
+    class Tiny(torch.nn.Module):
+        def __init__(self, dim: int, scale: float = 1.0):
+            super().__init__()
+            self.dim, self.scale = dim, scale
+            self.lin = torch.nn.Linear(dim, dim)
+
+        def forward(self, x, c_noise, **cond):
+            return self.scale * self.lin(x)
+
+        def config(self):
+            return {"dim": self.dim, "scale": self.scale}
+
+    with pytest.raises(TypeError, match="config"):
+        register_net("tiny", torch.nn.Linear)
+    register_net("tiny", Tiny)
+    try:
+        net = build_net("tiny", dim=3, scale=2.0)
+        again = build_net("tiny", **net.config())
+        assert isinstance(again, Tiny) and again.config() == {"dim": 3, "scale": 2.0}
+        with pytest.raises(ValueError, match="already registered"):
+            register_net("tiny", Tiny)
+    finally:
+        NETS.remove("tiny")

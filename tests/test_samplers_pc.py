@@ -69,7 +69,7 @@ def test_vp_predictors_equal_song_ddpm_forms(t_cur, t_next):
     rd = (2.0 - math.sqrt(1.0 - beta)) * x + beta * S + math.sqrt(beta) * z  # Song et al. App. E, DDPM
     anc_mean = (x + beta * S) / math.sqrt(1.0 - beta)  # Song et al. App. F, VP ancestral mean
     # Our ancestral std is the DDPM posterior std beta~ = beta (1 - abar_{i-1}) / (1 - abar_i) (Ho et al. Eq. 7),
-    # not score_sde's sqrt(beta) (Ho et al.'s other choice); see docs/_parts/samplers_pc_ode.md.
+    # not score_sde's sqrt(beta) (Ho et al.'s other choice); see docs/samplers.md (ancestral).
     anc = anc_mean + math.sqrt(beta * (1.0 - ab_im1) / (1.0 - ab_i)) * z
     assert torch.allclose(_one_step("reverse_diffusion", sde, t_cur, t_next, x, S, [z]), rd, rtol=1e-12, atol=1e-12)
     assert torch.allclose(_one_step("ancestral", sde, t_cur, t_next, x, S, [z]), anc, rtol=1e-12, atol=1e-12)

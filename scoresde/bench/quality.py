@@ -8,8 +8,10 @@ Its **noise floor** is the same distance for independent exact (or held-out) set
 (close to their mean for biased estimators such as SW2 and FD; their spread for the unbiased
 MMD^2 and energy estimates, whose mean is ~0), and ``ratio = value / floor``.
 
-Metric implementations live in :mod:`scoresde.metrics`; this module only binds and calls them.
-A metric that cannot be computed (a module not available) is skipped with a message naming it.
+Metric implementations and names live in one registry, :data:`scoresde.metrics.METRICS`
+(``metrics.bind`` fixes the reference set and calibration); this module keeps the benchmark's
+fixed reference sets and their floors. A metric that cannot be computed on a problem (a mixture
+metric without an exact mixture) is skipped with a message naming it.
 
 ==========  =====================================================================================
 name        what
@@ -23,13 +25,13 @@ mode_err    total variation between sample and true mode weights (``metrics.mode
             mixtures only; it compares with the exact weights, not with R)
 logp_gap    ``|mean log p(samples) - mean log p(R)|`` under the exact mixture density
             (``metrics.mean_log_likelihood``); the raw mean is recorded as ``logp``
-fd          Frechet distance of the digits classifier's features (``metrics.frechet_digits_distance``)
+fd          Frechet distance of the digits classifier's features (``features.frechet_digits_distance``)
+frechet     Frechet distance of Gaussians fitted to the raw coordinates (``metrics.frechet_distance_from_samples``)
 ==========  =====================================================================================
 """
 
 from __future__ import annotations
 
-import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -37,31 +39,22 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
+from ..metrics import METRICS as _METRICS
+from ..metrics import bind, floor_of, median_bandwidth
 from .problems import Problem
 
 __all__ = ["METRICS", "Judge", "judge_for", "available_metrics"]
 
-METRICS = ("sw2", "mmd", "energy", "mode_err", "logp_gap", "fd")
+#: the benchmark's metrics: the distances of :data:`scoresde.metrics.METRICS` (kinds distance and mixture).
+METRICS = tuple(n for n in _METRICS.names() if _METRICS.get(n).meta["kind"] in ("distance", "mixture"))
 _WARNED: set[tuple[str, str]] = set()
 
 
-def _resolve(name: str, problem: Problem) -> Callable[..., Any] | str:
-    """The metric's implementation, or the reason it cannot be computed."""
-    from .. import metrics
-
-    attr = {"sw2": "sliced_wasserstein", "mmd": "mmd", "energy": "energy_distance", "mode_err": "mode_weight_error",
-            "logp_gap": "mean_log_likelihood", "fd": "frechet_digits_distance"}.get(name)
-    if attr is None:
-        raise ValueError(f"metric {name!r} is not one of the accepted values: {', '.join(METRICS)}")
-    if name in ("mode_err", "logp_gap") and problem.mixture is None:
+def _reason(name: str, problem: Problem) -> str | None:
+    """Why the metric cannot be computed on this problem (None: it can)."""
+    if _METRICS.get(name).meta["kind"] == "mixture" and problem.mixture is None:
         return f"{name} needs an exact mixture"
-    if name == "fd":
-        try:
-            from .. import features  # noqa: F401  (the digits classifier)
-        except ImportError as err:
-            return f"fd needs scoresde.features ({err})"
-    fn = getattr(metrics, attr, None)
-    return fn if callable(fn) else f"scoresde.metrics.{attr} is not available"
+    return None
 
 
 def available_metrics(problem: Problem, names: list[str] | tuple[str, ...] | None = None) -> dict[str, Callable]:
@@ -75,18 +68,14 @@ def available_metrics(problem: Problem, names: list[str] | tuple[str, ...] | Non
     for n in names:
         if n not in problem.metrics:
             continue  # e.g. mode_err on a checkpoint
-        fn = _resolve(n, problem)
-        if isinstance(fn, str):
+        why = _reason(n, problem)
+        if why is not None:
             if (n, problem.name) not in _WARNED:
                 _WARNED.add((n, problem.name))
-                warnings.warn(f"metric {n!r} skipped on {problem.name}: {fn}", stacklevel=2)
+                warnings.warn(f"metric {n!r} skipped on {problem.name}: {why}", stacklevel=2)
             continue
-        out[n] = fn
+        out[n] = _METRICS.get(n).obj
     return out
-
-
-def _as_float(v: Any) -> float:
-    return float(v.detach().cpu()) if isinstance(v, Tensor) else float(v)
 
 
 @dataclass
@@ -119,25 +108,6 @@ class Judge:
         return out
 
 
-def _bind(name: str, impl: Callable[..., Any], problem: Problem, ref: Tensor, first_floor: Tensor) -> tuple[Callable, dict]:
-    info: dict[str, Any] = {}
-    if name == "mmd":
-        from ..metrics import median_bandwidth
-
-        h = median_bandwidth(ref, first_floor)
-        info["mmd_bandwidth"] = h
-        return (lambda x: _as_float(impl(x, ref, bandwidth=h))), info
-    if name == "mode_err":
-        gm = problem.mixture
-        return (lambda x: _as_float(impl(x, gm))), info
-    if name == "logp_gap":
-        gm = problem.mixture
-        lref = _as_float(impl(ref, gm))
-        info.update(logp_ref=lref, logp_of=lambda x: _as_float(impl(x, gm)))
-        return (lambda x: abs(_as_float(impl(x, gm)) - lref)), info
-    return (lambda x: _as_float(impl(x, ref))), info
-
-
 _CACHE: dict[tuple, Judge] = {}
 
 
@@ -150,16 +120,16 @@ def judge_for(problem: Problem, impls: dict[str, Callable], n: int, seed: int, r
         return _CACHE[key]
     ref = problem.reference(n, seed).to(torch.float64)
     floor_sets = [problem.floor_set(n, seed, r).to(torch.float64) for r in range(repeats)]
-    fns, info = {}, {}
-    for name, impl in impls.items():
-        fns[name], extra = _bind(name, impl, problem, ref, floor_sets[0])
-        info.update(extra)
+    fns = {name: bind(name, ref, mixture=problem.mixture, calibration=floor_sets[0]) for name in impls}
+    info: dict[str, Any] = {}
+    if "mmd" in fns:
+        info["mmd_bandwidth"] = median_bandwidth(ref, floor_sets[0])
+    if "logp_gap" in fns:
+        logp = bind("logp", ref, mixture=problem.mixture)
+        info.update(logp_ref=logp(ref), logp_of=logp)
     judge = Judge(problem.name, n, seed, ref, fns, info=info)
     for name, fn in fns.items():
-        vals = [fn(f) for f in floor_sets]
-        mean = sum(vals) / len(vals)
-        std = math.sqrt(sum((v - mean) ** 2 for v in vals) / (len(vals) - 1)) if len(vals) > 1 else 0.0
-        rms = math.sqrt(sum(v * v for v in vals) / len(vals))
-        judge.floors[name] = {"rms": rms, "mean": mean, "std": std}
+        fl = floor_of([fn(f) for f in floor_sets], n)
+        judge.floors[name] = {"rms": fl.rms, "mean": fl.mean, "std": fl.std if repeats > 1 else 0.0}
     _CACHE[key] = judge
     return judge

@@ -15,12 +15,13 @@ from collections import defaultdict
 from typing import Any, Callable, Iterable
 
 from .._utils import atomic_write_text
+from ..metrics import METRICS as _METRICS
 from ..plots import pyplot, save_figure
 from .quality import METRICS
 
 __all__ = ["aggregate", "markdown_table", "pivot_table", "plot_problem", "write_report", "floor_band"]
 
-_NAMES = {"sw2": "SW2", "mmd": "MMD", "energy": "energy", "mode_err": "mode err", "logp_gap": "logp gap", "fd": "FD"}
+_NAMES = {m: _METRICS.get(m).meta["label"] for m in METRICS}
 
 
 def _mean(vs: list[float]) -> float:

@@ -12,7 +12,6 @@ split across the processes (data parallel; rank 0 writes the files). Examples:
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import math
 import os
@@ -120,7 +119,7 @@ def _net_kwargs(args, dataset) -> dict:
     """The user's --net-kwargs plus the arguments that follow from the data's shape and labels."""
     from scoresde.nets import NETS
 
-    params = inspect.signature(NETS[args.net]).parameters
+    params = NETS.get(args.net).defaults
     shape = tuple(dataset.x.shape[1:])
     kw = dict(args.net_kwargs)
     auto = {"dim": math.prod(shape)}

@@ -6,30 +6,40 @@ whitelist of names.
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 from torch import nn
 
+from ..registry import Registry
 from .embeddings import FourierEmbedding, LabelEmbedding, SinusoidalEmbedding
 from .mlp import MLP
 from .unet import UNet
 
-__all__ = ["MLP", "UNet", "NETS", "build_net", "SinusoidalEmbedding", "FourierEmbedding", "LabelEmbedding"]
+__all__ = ["MLP", "UNet", "NETS", "build_net", "register_net", "SinusoidalEmbedding", "FourierEmbedding",
+           "LabelEmbedding"]
 
-NETS: dict[str, type[nn.Module]] = {"mlp": MLP, "unet": UNet}
+#: the networks by name: their constructor arguments are the options (a missing required one or an
+#: unknown one is an error naming it); checkpoints store ``{"name": ..., "kwargs": net.config()}``.
+NETS = Registry("net", error=ValueError)
+NETS.add("mlp", MLP)
+NETS.add("unet", UNet)
+
+
+def register_net(name: str, cls: type[nn.Module], *, overwrite: bool = False) -> type[nn.Module]:
+    """Register a network class so that the trainer, checkpoints and ``build_net`` know it by ``name``.
+
+    The class takes plain-data constructor arguments, is called as ``net(x, c_noise, **cond)``, and
+    has ``config() -> dict`` returning those arguments (JSON data), so a checkpoint can rebuild it
+    without executing stored code (the name must be registered in the loading process too).
+    """
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module)):
+        raise TypeError(f"register_net needs an nn.Module subclass; got {cls!r}")
+    if not callable(getattr(cls, "config", None)):
+        raise TypeError(f"{cls.__name__} needs a config() method returning its constructor arguments (plain data)")
+    NETS.add(name, cls, overwrite=overwrite)
+    return cls
 
 
 def build_net(name: str, **kwargs: Any) -> nn.Module:
     """Build the network ``name`` (one of :data:`NETS`) from its constructor keyword arguments."""
-    if name not in NETS:
-        raise ValueError(f"net={name!r} is not one of the accepted values: {', '.join(map(repr, NETS))}")
-    params = inspect.signature(NETS[name].__init__).parameters
-    accepted = [k for k in params if k != "self"]
-    unknown = [k for k in kwargs if k not in accepted]
-    if unknown:
-        raise ValueError(f"net {name!r} has no argument(s) {', '.join(map(repr, unknown))}; accepted: {', '.join(accepted)}")
-    missing = [k for k in accepted if params[k].default is inspect.Parameter.empty and k not in kwargs]
-    if missing:
-        raise ValueError(f"net {name!r} needs argument(s) {', '.join(map(repr, missing))}")
-    return NETS[name](**kwargs)
+    return NETS.build(name, **kwargs)

@@ -122,6 +122,18 @@ class LabelEmbedding(nn.Module):
         return self.table(y.long())
 
 
+def conditioning(net: nn.Module, c_noise: Tensor, y: Tensor | None, x: Tensor) -> Tensor:
+    """The (B, E) conditioning vector of a network with ``embed``, ``emb_mlp`` and ``label`` (or None):
+    the noise-level embedding, plus the label embedding (the null label when y is None)."""
+    B = x.shape[0]
+    emb = net.emb_mlp(net.embed(c_noise, B).to(x.dtype))
+    if net.label is not None:
+        return emb + net.label(y, B, x.device)
+    if y is not None:
+        raise ValueError("y was given but the network is unconditional (num_classes=None)")
+    return emb
+
+
 ACTIVATIONS = {"silu": nn.SiLU, "gelu": nn.GELU, "relu": nn.ReLU, "tanh": nn.Tanh}
 
 

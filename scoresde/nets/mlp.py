@@ -7,7 +7,7 @@ import math
 import einops
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, make_act, make_embedding
+from .embeddings import LabelEmbedding, conditioning, make_act, make_embedding
 
 __all__ = ["MLP"]
 
@@ -88,12 +88,7 @@ class MLP(nn.Module):
         if x.ndim < 2 or x[0].numel() != self.dim:
             raise ValueError(f"MLP(dim={self.dim}) needs x of shape (B, {self.dim}) (or (B, *D) with {self.dim} elements); "
                              f"got {tuple(x.shape)}")
-        B = x.shape[0]
-        emb = self.emb_mlp(self.embed(c_noise, B).to(x.dtype))
-        if self.label is not None:
-            emb = emb + self.label(y, B, x.device)
-        elif y is not None:
-            raise ValueError("y was given but the network is unconditional (num_classes=None)")
+        emb = conditioning(self, c_noise, y, x)
         h = self.inp(einops.rearrange(x, "b ... -> b (...)"))
         for block in self.blocks:
             h = block(h, emb)

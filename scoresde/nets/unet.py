@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .embeddings import LabelEmbedding, make_act, make_embedding
+from .embeddings import LabelEmbedding, conditioning, make_act, make_embedding
 
 __all__ = ["UNet"]
 
@@ -212,12 +212,7 @@ class UNet(nn.Module):
         want = (self.in_channels, self.resolution, self.resolution)
         if x.ndim != 4 or tuple(x.shape[1:]) != want:
             raise ValueError(f"UNet needs x of shape (B, {', '.join(map(str, want))}); got {tuple(x.shape)}")
-        B = x.shape[0]
-        emb = self.emb_mlp(self.embed(c_noise, B).to(x.dtype))
-        if self.label is not None:
-            emb = emb + self.label(y, B, x.device)
-        elif y is not None:
-            raise ValueError("y was given but the network is unconditional (num_classes=None)")
+        emb = conditioning(self, c_noise, y, x)
         h = self.conv_in(x)
         hs = [h]
         for unit in self.down:

@@ -146,6 +146,25 @@ def _two_step_table(name, sde, ts, a, w1, w2m, r, orders, c=None) -> Coefficient
     return make_table(name, sde, ts, a, b, c)
 
 
+def _two_step_loop(model, x, ts, a, w1, w2m, r, orders, c, noise, callback):
+    """The DPM-Solver++(2M) loop, ODE (c None) or SDE: x' = a x + w1 x0 + w2m (x0 - x0_prev) / r (+ c z)."""
+    a, w1, w2m, r = _cast(x, a, w1, w2m, r)
+    c = None if c is None else _cast(x, c)[0]
+    x0_prev = None
+    for i in range(len(orders)):
+        x0 = model(x, ts[i]).x0
+        # 1st-order step (DPM-Solver-1 = DDIM; exact for the linear part and, with c, the noise).
+        x_next = a[i] * x + w1[i] * x0
+        # 2nd-order multistep correction: backward difference of x0 in lambda.
+        if orders[i] == 2:
+            x_next = x_next + w2m[i] * (x0 - x0_prev) / r[i]
+        if c is not None:
+            x_next = x_next + c[i] * noise(x)
+        x, x0_prev = x_next, x0
+        x = callback(i, x)
+    return x
+
+
 def dpmpp_2m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
                           lower_order_final: bool = True) -> CoefficientTable:
     """DPM-Solver++(2M) as a table (see :func:`dpmpp_2m`)."""
@@ -168,18 +187,7 @@ def dpmpp_2m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
     alpha, sigma, h = _grid(sde, ts, "dpmpp_2m")
     orders = _orders(len(h), 2, lower_order_final)
     w1, w2m, _, _ = _dpmpp_weights(alpha[1:], h, solver_type)
-    ratio, w1, w2m, r = _cast(x, sigma[1:] / sigma[:-1], w1, w2m, _ratios(h, 1))
-    x0_prev = None
-    for i in range(len(h)):
-        x0 = model(x, ts[i]).x0
-        # DPM-Solver-1 (= DDIM) step.
-        x_next = ratio[i] * x + w1[i] * x0
-        # 2nd-order multistep correction: backward difference of x0 in lambda.
-        if orders[i] == 2:
-            x_next = x_next + w2m[i] * (x0 - x0_prev) / r[i]
-        x, x0_prev = x_next, x0
-        x = callback(i, x)
-    return x
+    return _two_step_loop(model, x, ts, sigma[1:] / sigma[:-1], w1, w2m, _ratios(h, 1), orders, None, noise, callback)
 
 
 def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
@@ -291,18 +299,8 @@ def dpmpp_2m_sde(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: 
     orders = _orders(len(h), 2, lower_order_final)
     # The reverse SDE in data prediction: the ODE weights at 2h, the state decays by e^{-h} more.
     w1, w2m, _, _ = _dpmpp_weights(alpha[1:], 2.0 * h, solver_type)
-    a, c, w1, w2m, r = _cast(x, *_sde_scales(sigma, h), w1, w2m, _ratios(h, 1))
-    x0_prev = None
-    for i in range(len(h)):
-        x0 = model(x, ts[i]).x0
-        # 1st-order SDE step (exact for the linear part and the noise).
-        x_next = a[i] * x + w1[i] * x0
-        # 2nd-order multistep correction.
-        if orders[i] == 2:
-            x_next = x_next + w2m[i] * (x0 - x0_prev) / r[i]
-        x, x0_prev = x_next + c[i] * noise(x), x0
-        x = callback(i, x)
-    return x
+    a, c = _sde_scales(sigma, h)
+    return _two_step_loop(model, x, ts, a, w1, w2m, _ratios(h, 1), orders, c, noise, callback)
 
 
 # ---------------------------------------------------------------------------------- UniPC

@@ -287,3 +287,28 @@ def available() -> list[str]:
 
 def specs() -> list[SamplerSpec]:
     return [get(n) for n in available()]
+
+
+def overview_table(steps: int | None = None) -> str:
+    """A Markdown table of every registered sampler's traits, for its defaults and each variant.
+
+    ``steps``: the step count of the NFE column (default: each sampler's default steps). The docs'
+    table is this function's output (a test keeps them equal).
+    """
+    def num(v: Any) -> str:
+        return "-" if v is None else (f"{v:g}" if isinstance(v, float) else str(v))
+
+    rows = ["| sampler | options | stochastic | order | strong order | NFE (steps) | exact for a point mass | "
+            "table | requires |", "|---|---|---|---|---|---|---|---|---|"]
+    for spec in specs():
+        for o in ({},) + spec.variants:
+            t = spec.traits(o)
+            n = spec.default_steps if steps is None else steps
+            nfe = t.nfe(n)
+            opts = ", ".join(f"`{k}={v!r}`" for k, v in o.items()) or "defaults"
+            rows.append(
+                f"| `{spec.name}` | {opts} | {'yes' if t.stochastic else 'no'} | {num(t.order)} | "
+                f"{num(t.strong_order)} | {'adaptive' if nfe is None else nfe} ({n if t.fixed_grid else 'ends'}) | "
+                f"{'yes' if t.exact_for_point_mass else 'no'} | {'yes' if t.table else 'no'} | "
+                f"{', '.join(t.requires) or '-'} |")
+    return "\n".join(rows)
