@@ -9,6 +9,19 @@ with responsibilities ``r_k`` computed by log-sum-exp. Each covariance is eigend
 (``Sigma_k = U_k diag(l_k) U_k^T``), so every t costs one projection per component. Arithmetic is
 float64 inside; results come back in x's dtype. Singular (even zero) covariances are allowed for
 t > 0, which gives point masses: the test oracle for exponential integrators.
+
+Conditional oracles (conditional and controllable generation, docs/guidance.md):
+
+* :meth:`GaussianMixture.condition_linear`: the posterior of a linear Gaussian observation
+  ``y = A x + n``, ``n ~ N(0, s^2 I)``: again a mixture, with closed-form weights, means and
+  full covariances (the Kalman update per component); its noised score at every t is the exact
+  conditional score ``grad log p_t(x_t | y)``;
+* :meth:`GaussianMixture.condition`: conditioning on observed coordinates (imputation), a mixture
+  in the unobserved ones;
+* :class:`ClassConditionalMixture`: a mixture whose components carry class labels, so that
+  ``p(x | y)`` is the sub-mixture of class y; closed-form conditional scores, the classifier
+  ``log p(y | x_t, t)`` and its gradient, and the classifier-free guided score
+  ``(1 + w) score(x | y) - w score(x)``.
 """
 
 from __future__ import annotations
@@ -23,7 +36,25 @@ from ._utils import append_dims, batch_time
 from .model import ScoreModel
 from .sde import LinearSDE
 
-__all__ = ["GaussianMixture", "Gaussian"]
+__all__ = ["GaussianMixture", "Gaussian", "ClassConditionalMixture"]
+
+
+def _dims(dims: Any, D: int, name: str) -> Tensor:
+    """Coordinate indices from a (D,) bool mask or a list of distinct indices in [0, D)."""
+    d = torch.as_tensor(dims)
+    if d.dtype == torch.bool:
+        if d.shape != (D,):
+            raise ValueError(f"{name} as a mask must have shape ({D},); got {tuple(d.shape)}")
+        d = torch.nonzero(d).reshape(-1)
+    else:
+        if d.is_floating_point() or d.ndim != 1:
+            raise ValueError(f"{name} must be a ({D},) bool mask or a 1-D list of coordinate indices; got {dims!r}")
+        d = d.long()
+        if bool(((d < 0) | (d >= D)).any()) or len(set(d.tolist())) != d.numel():
+            raise ValueError(f"{name} must hold distinct coordinate indices in [0, {D}); got {d.tolist()}")
+    if d.numel() == 0:
+        raise ValueError(f"{name} selects no coordinate")
+    return d
 
 
 def _as64(v: Any, name: str) -> Tensor:
@@ -187,6 +218,86 @@ class GaussianMixture:
         eye = torch.eye(self.dim, dtype=torch.float64)
         return GaussianMixture(self.weights, a * self.means, a * a * self.covariances + s * s * eye)
 
+    # ------------------------------------------------------------------ conditioning
+    def components(self, idx: Sequence[int] | Tensor) -> "GaussianMixture":
+        """The sub-mixture of components ``idx`` (weights renormalised)."""
+        i = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if i.numel() == 0 or bool(((i < 0) | (i >= self.n_components)).any()):
+            raise ValueError(f"idx must be a non-empty list of component indices in [0, {self.n_components}); got {i.tolist()}")
+        return GaussianMixture(self.weights[i], self.means[i], self.covariances[i])
+
+    def marginal(self, dims: Sequence[int] | Tensor) -> "GaussianMixture":
+        """The marginal mixture of the coordinates ``dims`` (a list of indices or a (D,) bool mask)."""
+        d = _dims(dims, self.dim, "dims")
+        return GaussianMixture(self.weights, self.means[:, d], self.covariances[:, d][:, :, d])
+
+    def condition_linear(self, A: Any, y: Any, noise_std: float = 0.0) -> "GaussianMixture":
+        """The posterior ``p(x | A x + n = y)``, ``n ~ N(0, noise_std^2 I_m)``, as a D-dim mixture.
+
+        Per component (the Kalman update): ``S_k = A Sigma_k A^T + s^2 I``,
+        ``G_k = Sigma_k A^T S_k^{-1}``, mean ``mu_k + G_k (y - A mu_k)``, covariance
+        ``Sigma_k - G_k A Sigma_k`` (full, singular along A's rows when s = 0), weight
+        ``proportional to w_k N(y; A mu_k, S_k)``.
+
+        Args:
+            A: (m, D) observation matrix (any rank-m matrix; ``noise_std = 0`` needs every
+                ``A Sigma_k A^T`` positive definite).
+            y: (m,) the observation.
+            noise_std: the observation noise std s >= 0.
+        """
+        A_ = _as64(A, "A")
+        if A_.ndim != 2 or A_.shape[1] != self.dim or A_.shape[0] < 1:
+            raise ValueError(f"A must have shape (m, {self.dim}) with m >= 1; got {tuple(A_.shape)}")
+        m = A_.shape[0]
+        y_ = _as64(y, "y").reshape(-1)
+        if y_.shape != (m,):
+            raise ValueError(f"y must have {m} elements (one per row of A); got shape {tuple(_as64(y, 'y').shape)}")
+        if not (isinstance(noise_std, (int, float)) and math.isfinite(noise_std) and noise_std >= 0):
+            raise ValueError(f"noise_std must be a finite number >= 0; got {noise_std!r}")
+        cov, mu = self.covariances, self.means
+        SAt = cov @ A_.T  # (K, D, m)
+        S = A_ @ SAt + noise_std**2 * torch.eye(m, dtype=torch.float64)  # (K, m, m)
+        S = 0.5 * (S + S.transpose(1, 2))
+        L, info = torch.linalg.cholesky_ex(S)
+        if bool((info != 0).any()):
+            k = int(torch.nonzero(info)[0])
+            raise ValueError(
+                f"the observation covariance A Sigma_k A^T + noise_std^2 I is singular for component {k}: "
+                "use noise_std > 0 or an A whose rows see every component's variance"
+            )
+        r = y_[None] - mu @ A_.T  # (K, m)
+        sol = torch.cholesky_solve(r[:, :, None], L)[:, :, 0]  # S^{-1} r
+        logdet = 2.0 * torch.log(torch.diagonal(L, dim1=1, dim2=2)).sum(1)
+        log_ev = -0.5 * (r * sol).sum(1) - 0.5 * logdet - 0.5 * m * math.log(2 * math.pi)
+        logw = torch.log(self.weights) + log_ev
+        if not bool(torch.isfinite(logw).any()):
+            raise ValueError("the observation has zero likelihood under every component")
+        G = torch.cholesky_solve(SAt.transpose(1, 2), L).transpose(1, 2)  # Sigma A^T S^{-1}, (K, D, m)
+        means = mu + (G @ r[:, :, None])[:, :, 0]
+        post = cov - G @ SAt.transpose(1, 2)
+        post = 0.5 * (post + post.transpose(1, 2))
+        return GaussianMixture(torch.softmax(logw, 0), means, post)
+
+    def condition(self, observed: Any, values: Any) -> "GaussianMixture":
+        """``p(x_u | x_o = values)``: the mixture of the unobserved coordinates given the observed ones.
+
+        Args:
+            observed: (D,) bool mask (True = observed) or a list of observed coordinate indices.
+            values: the observed values, (m,) in the order of the observed coordinates, or a
+                full (D,) vector (its unobserved entries are ignored).
+        """
+        o = _dims(observed, self.dim, "observed")
+        if o.numel() == self.dim:
+            raise ValueError("observed must leave at least one coordinate unobserved")
+        v = _as64(values, "values").reshape(-1)
+        if v.shape[0] == self.dim:
+            v = v[o]
+        if v.shape != (o.numel(),):
+            raise ValueError(f"values must have {o.numel()} (observed) or {self.dim} elements; got {v.shape[0]}")
+        A = torch.eye(self.dim, dtype=torch.float64)[o]
+        u = torch.tensor([j for j in range(self.dim) if j not in set(o.tolist())], dtype=torch.long)
+        return self.condition_linear(A, v).marginal(u)
+
     def mean(self) -> Tensor:
         return (self.weights[:, None] * self.means).sum(0)
 
@@ -265,3 +376,189 @@ class Gaussian(GaussianMixture):
     @property
     def mean_(self) -> Tensor:
         return self.means[0]
+
+
+class ClassConditionalMixture:
+    """A Gaussian mixture whose components carry class labels: ``p(x | y)`` is class y's sub-mixture.
+
+    With ``C`` classes, labels ``0..C-1`` are classes and ``C`` (:attr:`null_label`) means "no
+    label" (the joint ``p(x)``), the convention of :class:`scoresde.nets.embeddings.LabelEmbedding`
+    and of classifier-free guidance. Everything is closed form at every t of any linear SDE:
+
+    * ``score(x, t, sde, y)``: ``grad log p_t(x | y)``: the responsibilities restricted to class
+      y's components;
+    * ``classifier_log_probs(x, t, sde)``: ``log p(c | x_t)`` for every class c, (B, C);
+    * ``classifier_grad(x, t, sde, y)`` = ``score(x | y) - score(x)`` (Bayes' rule);
+    * ``cfg_score(x, t, sde, y, w)`` = ``(1 + w) score(x | y) - w score(x)``.
+
+    Args:
+        mixture: the joint mixture p(x) (its weights are the joint weights p(k)).
+        labels: (K,) the class of each component; every class 0..C-1 needs a component of
+            positive weight.
+        num_classes: C (default ``max(labels) + 1``).
+    """
+
+    def __init__(self, mixture: GaussianMixture, labels: Sequence[int] | Tensor, num_classes: int | None = None):
+        if not isinstance(mixture, GaussianMixture):
+            raise TypeError(f"mixture must be a GaussianMixture; got {type(mixture).__name__}")
+        lab = torch.as_tensor(labels)
+        K = mixture.n_components
+        if lab.shape != (K,) or lab.is_floating_point() or lab.dtype == torch.bool:
+            raise ValueError(f"labels must be K = {K} integer class labels (one per component); got {labels!r}")
+        lab = lab.long()
+        C = int(lab.max()) + 1 if num_classes is None else num_classes
+        if isinstance(C, bool) or int(C) != C or C < 1:
+            raise ValueError(f"num_classes must be a positive integer; got {num_classes!r}")
+        C = int(C)
+        if bool(((lab < 0) | (lab >= C)).any()):
+            raise ValueError(f"labels must lie in [0, {C}) (num_classes={C}); got {lab.tolist()}")
+        member = lab[None, :] == torch.arange(C)[:, None]  # (C, K)
+        class_w = (member * mixture.weights[None]).sum(1)
+        if bool((class_w <= 0).any()):
+            empty = torch.nonzero(class_w <= 0).reshape(-1).tolist()
+            raise ValueError(f"every class needs a component of positive weight; classes {empty} have none")
+        self.mixture = mixture
+        self.labels = lab
+        self.num_classes = C
+        self.null_label = C
+        self.class_probs = class_w  # p(y), (C,)
+        self._member = member
+        self.dim = mixture.dim
+
+    # ------------------------------------------------------------------ labels
+    def check_labels(self, y: Any, batch: int, *, allow_null: bool = True) -> Tensor:
+        """y as a (B,) long tensor: None (null), an int, or an integer tensor of shape (B,)."""
+        C = self.num_classes
+        hi = C + 1 if allow_null else C
+        accepted = f"labels in [0, {C})" + (f" or the null label {C} (no label)" if allow_null else "")
+        if y is None:
+            if not allow_null:
+                raise ValueError(f"y must be given ({accepted})")
+            return torch.full((batch,), C, dtype=torch.long)
+        if isinstance(y, bool) or (not isinstance(y, (int, Tensor))):
+            raise ValueError(f"y must be an int or an integer tensor of shape ({batch},) with {accepted}; got {y!r}")
+        yt = torch.as_tensor(y)
+        if yt.is_floating_point() or yt.is_complex() or yt.dtype == torch.bool:
+            raise ValueError(f"y must hold integer class labels ({accepted}); got dtype {yt.dtype}")
+        if yt.ndim == 0:
+            yt = yt.expand(batch)
+        if yt.shape != (batch,):
+            raise ValueError(f"y must be a scalar or have shape ({batch},) (one label per sample); got {tuple(yt.shape)}")
+        if yt.numel() and bool(((yt < 0) | (yt >= hi)).any()):
+            bad = yt[(yt < 0) | (yt >= hi)][:5].tolist()
+            raise ValueError(f"y must hold {accepted}; got out-of-range labels {bad}")
+        return yt.long()
+
+    def _keep(self, y: Any, batch: int, device: torch.device) -> Tensor:
+        """(B, K) bool: the components each sample's label allows (all of them for the null label)."""
+        yt = self.check_labels(y, batch).to(device)
+        member = torch.cat([self._member, torch.ones(1, self.mixture.n_components, dtype=torch.bool)]).to(device)
+        return member[yt]
+
+    # ------------------------------------------------------------------ data
+    def conditional(self, y: int) -> GaussianMixture:
+        """p(x | y) as a GaussianMixture (the sub-mixture of class y)."""
+        yy = int(self.check_labels(y, 1, allow_null=False)[0])
+        return self.mixture.components(torch.nonzero(self._member[yy]).reshape(-1))
+
+    def sample(self, n: int, y: int | None = None, *, generator: torch.Generator | None = None,
+               dtype: torch.dtype = torch.float32, device=None):
+        """``(x, labels)``: joint samples (y None) or n samples of class y (labels all y)."""
+        if y is None:
+            x, k = self.mixture.sample(n, generator=generator, dtype=dtype, device=device, return_labels=True)
+            return x, self.labels.to(k.device)[k]
+        x = self.conditional(y).sample(n, generator=generator, dtype=dtype, device=device)
+        return x, torch.full((x.shape[0],), int(y), dtype=torch.long, device=x.device)
+
+    # ------------------------------------------------------------------ closed forms
+    def _masked_logn(self, x: Tensor, t, sde, y):
+        logn, prec_r, _, _ = self.mixture._noised(x, t, sde)
+        keep = self._keep(y, x.shape[0], logn.device)
+        return logn.masked_fill(~keep, -math.inf), prec_r
+
+    def score(self, x: Tensor, t: Tensor | float, sde: LinearSDE, y: Any = None) -> Tensor:
+        """``grad log p_t(x | y)`` (y None or the null label: the unconditional score), in x's dtype."""
+        logn, prec_r = self._masked_logn(x, t, sde, y)
+        resp = torch.softmax(logn, dim=1)
+        s = -(resp[:, :, None] * prec_r).sum(1)
+        return s.reshape(x.shape).to(x.dtype)
+
+    def x0(self, x: Tensor, t: Tensor | float, sde: LinearSDE, y: Any = None) -> Tensor:
+        """E[x_0 | x_t = x, y] (Tweedie on the conditional score)."""
+        tt = batch_time(t, x.shape[0], x.device)
+        s = self.score(x, tt, sde, y).to(torch.float64)
+        a, sg = append_dims(sde.alpha(tt), x.ndim), append_dims(sde.sigma(tt), x.ndim)
+        return ((x.to(torch.float64) + sg**2 * s) / a).to(x.dtype)
+
+    def log_prob(self, x: Tensor, t=None, sde: LinearSDE | None = None, y: Any = None) -> Tensor:
+        """``log p_t(x | y)`` (float64, (B,)); t and sde None: the data density."""
+        if (t is None) != (sde is None):
+            raise ValueError("give both t and sde for the noised marginal, or neither for the data")
+        logn, _ = self._masked_logn(x, t, sde, y)
+        yt = self.check_labels(y, x.shape[0]).to(logn.device)
+        log_py = torch.cat([torch.log(self.class_probs), torch.zeros(1, dtype=torch.float64)]).to(logn.device)[yt]
+        return torch.logsumexp(logn, dim=1) - log_py
+
+    def classifier_log_probs(self, x: Tensor, t=None, sde: LinearSDE | None = None) -> Tensor:
+        """``log p(c | x_t)`` for every class c, (B, C) float64 (differentiable in x)."""
+        logn, _, _, _ = self.mixture._noised(x, t, sde)
+        mask = torch.log(self._member.to(torch.float64)).to(logn.device)  # 0 or -inf, (C, K)
+        per_class = torch.logsumexp(logn[:, None, :] + mask[None], dim=2)  # (B, C)
+        return per_class - torch.logsumexp(logn, dim=1, keepdim=True)
+
+    def classifier(self, sde: LinearSDE):
+        """The exact classifier as a callable ``log_prob(x, t, y) -> (B,)`` (``log p(y | x_t, t)``).
+
+        Differentiable in x: :class:`scoresde.guidance.ClassifierGuidance` takes its gradient.
+        """
+
+        def log_prob(x: Tensor, t: Tensor, y: Tensor) -> Tensor:
+            yt = self.check_labels(y, x.shape[0], allow_null=False).to(x.device)
+            lp = self.classifier_log_probs(x, t, sde)
+            return lp.gather(1, yt[:, None])[:, 0]
+
+        return log_prob
+
+    def classifier_grad(self, x: Tensor, t: Tensor | float, sde: LinearSDE, y: Any) -> Tensor:
+        """``grad_x log p(y | x_t)`` in closed form: ``score(x | y) - score(x)`` (float64 inside)."""
+        self.check_labels(y, x.shape[0], allow_null=False)
+        x64 = x.to(torch.float64)
+        return (self.score(x64, t, sde, y) - self.score(x64, t, sde, None)).to(x.dtype)
+
+    def cfg_score(self, x: Tensor, t: Tensor | float, sde: LinearSDE, y: Any, w: float) -> Tensor:
+        """The classifier-free guided score ``(1 + w) score(x | y) - w score(x)`` (float64 inside)."""
+        if not (isinstance(w, (int, float)) and math.isfinite(w)):
+            raise ValueError(f"w must be a finite number; got {w!r}")
+        x64 = x.to(torch.float64)
+        return ((1 + w) * self.score(x64, t, sde, y) - w * self.score(x64, t, sde, None)).to(x.dtype)
+
+    # ------------------------------------------------------------------ as a model
+    def model(self, sde: LinearSDE, parameterization: str = "score") -> ScoreModel:
+        """The exact conditional model as a :class:`ScoreModel` whose network takes ``y=`` labels.
+
+        ``model(x, t, y=labels)`` is ``score(x | y)``; ``y=None`` or the null label gives the
+        unconditional score. The network exposes ``num_classes`` (the null label), like the
+        scoresde networks built with ``num_classes``.
+        """
+        if parameterization not in ("score", "x0"):
+            raise ValueError(f"parameterization={parameterization!r} is not one of the accepted values: 'score', 'x0'")
+        return ScoreModel(_ClassConditionalNet(self, sde, parameterization), sde, parameterization)
+
+    def config(self) -> dict:
+        return {**self.mixture.config(), "labels": self.labels.tolist(), "num_classes": self.num_classes}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(K={self.mixture.n_components}, D={self.dim}, classes={self.num_classes})"
+
+
+class _ClassConditionalNet:
+    """``net(x, t, y=None)`` of an exact :class:`ClassConditionalMixture` (noise_input ``t``)."""
+
+    def __init__(self, ccm: ClassConditionalMixture, sde: LinearSDE, kind: str):
+        self.ccm, self.sde, self.kind = ccm, sde, kind
+        self.num_classes = ccm.num_classes
+
+    def __call__(self, x: Tensor, t: Tensor, y: Any = None) -> Tensor:
+        if self.kind == "score":
+            return self.ccm.score(x, t, self.sde, y)
+        return self.ccm.x0(x, t, self.sde, y)
