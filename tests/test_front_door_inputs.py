@@ -76,3 +76,20 @@ def test_non_finite_samples_say_whether_the_model_was_checked():
     model = scoresde.ScoreModel(exploding, SDE, "eps", check_finite=False)
     with pytest.raises(scoresde.NonFiniteError, match="not checked: check_finite=False"):
         scoresde.sample(model, SDE, (4, 2), "euler_maruyama", 3, seeds=range(4))
+
+
+def test_denoise_rules_are_the_final_steps_of_scoresde_samplers_final():
+    from scoresde.samplers.final import final_step
+
+    x_T = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    base = scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, x_T=x_T, denoise=False, dtype=F64)
+    model = scoresde.ScoreModel(GM.score_fn(SDE), SDE)
+    for rule in ("tweedie", "ode"):
+        res = scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, x_T=x_T, denoise=rule, dtype=F64)
+        assert res.nfe == 9
+        torch.testing.assert_close(res.x, final_step(model, base.x, base.ts[-1], rule), rtol=0, atol=0)
+    same = scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, x_T=x_T, denoise=True, dtype=F64)
+    assert torch.equal(same.x, scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, x_T=x_T, denoise="tweedie",
+                                               dtype=F64).x)
+    with pytest.raises(ValueError, match="denoise='mean' is not accepted"):
+        scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, denoise="mean")

@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 from ..model import NonFiniteError, ScoreModel, as_model
 from ..random import GeneratorNoise, IndexedNoise, PerSampleNoise, make_seeds
-from ..registry import Bool, Int
+from ..registry import Bool, Choice, Int, OneOf
 from ..schedules import make_grid
 from ..sde import LinearSDE
 from . import registry
+from .final import final_step
 
 __all__ = ["sample", "SampleResult"]
 
@@ -67,7 +68,7 @@ def sample(
     rho: float = 7.0,
     t_min: float | None = None,
     T: float | None = None,
-    denoise: bool = True,
+    denoise: bool | str = True,
     x_T: Tensor | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
@@ -96,7 +97,10 @@ def sample(
             times; default: the sampler's.
         rho: Karras schedule exponent.
         t_min, T: the end points of the grid (default: the SDE's).
-        denoise: finish with one Tweedie step x <- x0(x, t_min) (one more NFE).
+        denoise: the final step from t_min (one more NFE): ``True`` or ``"tweedie"`` (x <- x0(x, t_min),
+            the posterior mean; NCSNv2's and EDM's last step), ``"ode"`` (one Euler step of the PF-ODE in
+            sigma~^2 to 0, which keeps the spread the data has: see :mod:`scoresde.samplers.final`),
+            or ``False`` (return the state at t_min).
         x_T: the starting state instead of a draw from the prior.
         return_trajectory: keep x after every step.
         progress: show a progress bar.
@@ -117,9 +121,9 @@ def sample(
         raise TypeError(f"sde must be a scoresde LinearSDE (VPSDE, SubVPSDE, VESDE, EDMSDE, ...); got {type(sde).__name__}")
     spec.check_sde(sde, options)
     shape = _check_shape(shape)
-    for name, flag in (("denoise", denoise), ("return_trajectory", return_trajectory), ("progress", progress),
-                       ("grad", grad)):
+    for name, flag in (("return_trajectory", return_trajectory), ("progress", progress), ("grad", grad)):
         Bool().check(name, flag, "sample")
+    denoise = OneOf(Bool(), Choice("tweedie", "ode")).check("denoise", denoise, "sample")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     if not isinstance(dtype, torch.dtype):
@@ -208,7 +212,7 @@ def sample(
             else:
                 x = out
             if denoise:
-                x = bound(x, ts[-1]).x0
+                x = final_step(bound, x, ts[-1], "tweedie" if denoise is True else denoise)
             if project:
                 x = guidance.finish(x)
     except NonFiniteError as err:
