@@ -43,7 +43,7 @@ class SampleResult:
 
 _FRONT_DOOR = (
     "steps", "generator", "seeds", "noise", "schedule", "rho", "t_min", "T", "denoise", "x_T",
-    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad",
+    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad", "max_batch",
 )
 
 
@@ -77,6 +77,7 @@ def sample(
     cond: dict[str, Any] | None = None,
     guidance: Any = None,
     grad: bool = False,
+    max_batch: int | None = None,
     **options: Any,
 ) -> SampleResult:
     """Draw samples by integrating the reverse process of ``sde`` with a registered sampler.
@@ -111,6 +112,9 @@ def sample(
             (i = -1) and the state after every step i (at t = ts[i + 1]) to the state to continue from,
             and ``finish(x)`` maps the final samples; ``needs_grad`` turns autograd on.
         grad: run with autograd enabled (default: off, under ``torch.no_grad()``, so no graph is kept).
+        max_batch: split a larger request into batches of at most this many samples, run one after
+            the other (a memory budget). With per-sample seeds (the default noise) the result equals
+            one big batch (sample i depends only on its seed); ``nfe`` then counts every batch's calls.
         **options: the sampler's own options (see ``registry.get(name).options``), checked against
             their declared accepted values before anything runs.
     """
@@ -140,6 +144,20 @@ def sample(
             f"{' with these options' if options else ''} does not pass its steps through the front door (its solver "
             f"owns the state); use one of: {', '.join(hooked)}"
         )
+    if max_batch is not None and Int(ge=1).check("max_batch", max_batch, "sample") < shape[0]:
+        if return_trajectory and not traits.fixed_grid:
+            raise ValueError(f"return_trajectory with max_batch needs a fixed-grid sampler: {sampler!r}'s trajectory "
+                             "has one entry per attempt, which differs between batches")
+        if noise is not None or project:
+            what = "a custom noise source or generator stream" if noise is not None else "a projecting guidance"
+            raise ValueError(f"max_batch={max_batch} splits the request by per-sample seeds, which {what} cannot "
+                             "follow; pass seeds= or generator= (per-sample noise), or max_batch=None")
+        if x_T is not None:
+            x_T = _check_state("x_T", x_T, shape)
+        common = dict(schedule=schedule, rho=rho, t_min=t_min, T=T, denoise=denoise, return_trajectory=return_trajectory,
+                      progress=progress, device=device, dtype=dtype, guidance=guidance, grad=grad, **options)
+        return _chunked(model, sde, shape, sampler, steps, max_batch, make_seeds(shape[0], generator=generator, seeds=seeds),
+                        x_T, cond, common)
     score_model = as_model(model, sde)
     if guidance is not None and hasattr(guidance, "wrap"):
         score_model = guidance.wrap(score_model, sde)
@@ -237,6 +255,29 @@ def sample(
         trajectory=torch.stack(traj) if return_trajectory else None,
         extra=extra,
     )
+
+
+def _chunked(model, sde, shape, sampler, steps, max_batch, seeds, x_T, cond, common) -> SampleResult:
+    """sample() in batches of at most max_batch, by per-sample seeds; results joined along the batch."""
+    B = shape[0]
+    parts = []
+    for lo in range(0, B, max_batch):
+        sl = slice(lo, min(lo + max_batch, B))
+        sub_cond = None if cond is None else {
+            k: (v[sl] if isinstance(v, Tensor) and v.ndim and v.shape[0] == B else v) for k, v in cond.items()}
+        parts.append(sample(model, sde, (sl.stop - sl.start, *shape[1:]), sampler, steps, seeds=seeds[sl],
+                            x_T=None if x_T is None else x_T[sl], cond=sub_cond, **common))
+    first = parts[0]
+    extra: dict[str, Any] = {}
+    for k in first.extra:
+        vals = [p.extra[k] for p in parts]
+        joinable = all(isinstance(v, Tensor) and v.ndim and v.shape[0] == p.x.shape[0] for v, p in zip(vals, parts, strict=True))
+        extra[k] = torch.cat(vals) if joinable else vals  # per-sample tensors joined; per-batch values listed
+    return SampleResult(
+        x=torch.cat([p.x for p in parts]), nfe=sum(p.nfe for p in parts), ts=first.ts, sampler=first.sampler,
+        options=first.options, wall_time=sum(p.wall_time for p in parts), seeds=torch.cat([p.seeds for p in parts]),
+        trajectory=torch.cat([p.trajectory for p in parts], dim=1) if first.trajectory is not None else None,
+        extra=extra)
 
 
 def _check_state(name: str, x: Any, shape: tuple[int, ...]) -> Tensor:
