@@ -510,6 +510,9 @@ def load_dataset(name_or_path: str | os.PathLike, *, n: int | None = None, seed:
         _check_source("folder", kwargs)
         ds = _load_folder(name, n, seed, **kwargs)
     elif name.lower().endswith(ARRAY_EXTENSIONS):
+        if os.path.exists(name) and not os.path.isfile(name):
+            raise ValueError(f"data file {name!r} is not a regular file (a device, pipe or socket): data are read from "
+                             "regular .npy/.npz files only")
         if not os.path.isfile(name):
             raise FileNotFoundError(f"no such data file: {name!r}")
         _check_source("arrays", kwargs)
@@ -524,7 +527,9 @@ def load_dataset(name_or_path: str | os.PathLike, *, n: int | None = None, seed:
             f"dataset {name!r} is neither a built-in dataset ({', '.join(DATASETS)}) nor an existing "
             f"{'/'.join(ARRAY_EXTENSIONS)} file or image folder"
         )
-    ds._config = {"name": name, "n": n, "seed": seed, "kwargs": cfg_kwargs}
+    # a path is recorded absolute: a checkpoint resumed from another directory reads the same file (or fails)
+    stored = name if name in DATASETS else os.path.abspath(name)
+    ds._config = {"name": stored, "n": n, "seed": seed, "kwargs": cfg_kwargs}
     return ds
 
 
@@ -534,7 +539,28 @@ def _check_source(name: str, kwargs: dict) -> None:
 
 
 def dataset_from_config(cfg: dict) -> Dataset:
-    """Rebuild a dataset from :meth:`Dataset.config`."""
-    if not isinstance(cfg, dict) or "name" not in cfg:
-        raise ValueError(f"a dataset config must be a dict with 'name', 'n', 'seed', 'kwargs'; got {cfg!r}")
-    return load_dataset(cfg["name"], n=cfg.get("n"), seed=cfg.get("seed", 0), **cfg.get("kwargs", {}))
+    """Rebuild a dataset from :meth:`Dataset.config` (e.g. a checkpoint's, on resume).
+
+    A stored config is untrusted: it must have the shape :meth:`Dataset.config` writes, and a path in it is
+    only ever READ as data (``np.load(allow_pickle=False)`` or Pillow), and only when it is an existing
+    regular .npy/.npz file or a folder (after following symlinks); a device, pipe, socket, missing path or
+    other file is refused, naming the path. Paths are stored absolute (:func:`load_dataset`), so a resume
+    from another directory reads the same file or fails, never a namesake.
+    """
+    from .registry import Int
+
+    ok = (isinstance(cfg, dict) and isinstance(cfg.get("name"), str) and cfg["name"]
+          and set(cfg) <= {"name", "n", "seed", "kwargs"}
+          and (cfg.get("n") is None or Int(ge=1).accepts(cfg["n"])) and Int(ge=0).accepts(cfg.get("seed", 0))
+          and isinstance(cfg.get("kwargs", {}), dict))
+    if not ok:
+        raise ValueError(f"a dataset config must be {{'name': str, 'n': None or int >= 1, 'seed': int >= 0, 'kwargs': "
+                         f"{{...}}}}; got {cfg!r}"[:400])
+    name = cfg["name"]
+    if name not in DATASETS:
+        real = os.path.realpath(name)
+        if not (os.path.isdir(real) or (os.path.isfile(real) and real.lower().endswith(ARRAY_EXTENSIONS))):
+            what = "does not exist" if not os.path.exists(real) else "is not a regular .npy/.npz file or a folder"
+            raise ValueError(f"the stored data path {name!r} {what} (resolved: {real!r}); stored data are read only from "
+                             "regular .npy/.npz files and image folders: pass the data explicitly (Trainer.resume(data=...))")
+    return load_dataset(name, n=cfg.get("n"), seed=cfg.get("seed", 0), **cfg.get("kwargs", {}))
