@@ -19,6 +19,15 @@ checkpoint is complete. Loading accepts a run folder (follows ``latest``) or a c
 Loading never executes code: JSON and safetensors only (no pickle), the network is rebuilt by
 registry name (:data:`scoresde.nets.NETS`) and the SDE by :func:`scoresde.sde.sde_from_config`.
 Anything corrupt, truncated or foreign raises :class:`CheckpointError` naming the file.
+
+A checkpoint is untrusted input. Before anything is allocated, :func:`load_checkpoint` checks
+state.json's fields against their ranges (``step >= 0``, ...), config.json's sections against their
+types and the registries' accepted values, and the weights' safetensors header (names, shapes,
+dtypes, read without loading a tensor) against the network the config describes, built on the
+``meta`` device (shapes only, no memory). A config whose network does not match the weights file
+(e.g. a forged ``hidden=200000``), a weight of an integer dtype where the net has a float one, or an
+optimizer state that does not fit the parameters is refused, naming the file and the entry; only
+then is the network built for real and the weights loaded (in the dtype they were stored in).
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from torch import Tensor, nn
 
 from ._utils import atomic_write_bytes
 from .model import ScoreModel
+from .registry import Int, Real
 from .sde import LinearSDE, sde_from_config
 
 __all__ = [
@@ -378,7 +388,7 @@ def _read_json(file: Path) -> dict:
             f"{file}: no '{FORMAT}' format tag (found format={obj.get('format')!r}); not a scoresde checkpoint"
         )
     version = obj.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION:
+    if not Int(ge=1).accepts(version) or version > FORMAT_VERSION:
         raise CheckpointError(
             f"{file}: format_version {version!r} is not supported by this scoresde (reads up to {FORMAT_VERSION})"
         )
@@ -392,6 +402,9 @@ def _verify_files(path: Path, state: dict) -> None:
     for fname, meta in files.items():
         if fname not in (MODEL_FILE, OPTIM_FILE, CONFIG_FILE):
             raise CheckpointError(f"{path / STATE_FILE}: unexpected file {fname!r} in the manifest")
+        if not (isinstance(meta, dict) and Int(ge=0).accepts(meta.get("bytes")) and isinstance(meta.get("sha256"), str)):
+            raise CheckpointError(f"{path / STATE_FILE}: the manifest entry of {fname} must be "
+                                  f"{{'bytes': int, 'sha256': hex}}; got {meta!r}"[:300])
         f = path / fname
         if not f.is_file():
             raise CheckpointError(f"{f}: missing (the checkpoint folder is incomplete)")
@@ -415,6 +428,195 @@ def _read_safetensors(file: Path) -> dict[str, Tensor]:
         return load(file.read_bytes())
     except (SafetensorError, ValueError, RuntimeError, OSError) as err:
         raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+
+
+_FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float32, "F64": torch.float64}
+
+
+def _read_header(file: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
+    """``{name: (safetensors dtype, shape)}`` of a safetensors file, from its header alone (no tensor is
+    read; the library checks that the offsets fit the file)."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: (f.get_slice(k).get_dtype(), tuple(f.get_slice(k).get_shape())) for k in f.keys()}
+    except (SafetensorError, ValueError, RuntimeError, OSError) as err:
+        raise CheckpointError(f"{file}: not a readable safetensors file ({err})") from None
+
+
+def _kind(dtype: str | torch.dtype) -> str:
+    """'float', 'int', 'bool' or 'complex': a stored weight must be of the kind of the net's tensor."""
+    if isinstance(dtype, torch.dtype):
+        return "float" if dtype.is_floating_point else "complex" if dtype.is_complex else (
+            "bool" if dtype == torch.bool else "int")
+    return "float" if dtype in _FLOAT_DTYPES or dtype.startswith("F8") else "bool" if dtype == "BOOL" else (
+        "complex" if dtype.startswith("C") else "int")
+
+
+def _compare(expected: dict[str, tuple[Any, tuple[int, ...]]], stored: dict[str, tuple[Any, tuple[int, ...]]],
+             where: Any, what: str = "the net rebuilt from config.json") -> None:
+    """Names, shapes and dtype kinds of stored tensors against those a module expects; raise naming them."""
+    missing = sorted(set(expected) - set(stored))
+    unexpected = sorted(set(stored) - set(expected))
+    common = [k for k in expected if k in stored]
+    bad_shape = [f"{k} {tuple(stored[k][1])} != {tuple(expected[k][1])}" for k in common
+                 if tuple(stored[k][1]) != tuple(expected[k][1])]
+    bad_dtype = [f"{k} is {stored[k][0]}, not {_kind(expected[k][0])}" for k in common
+                 if _kind(stored[k][0]) != _kind(expected[k][0])]
+    if missing or unexpected or bad_shape or bad_dtype:
+        parts = [f"{label} {items[:5]}" for label, items in (("missing", missing), ("unexpected", unexpected),
+                 ("wrong shape", bad_shape), ("wrong dtype", bad_dtype)) if items]
+        raise CheckpointError(f"{where}: weights do not fit {what} ({', '.join(parts)})")
+
+
+def _numel(shape: tuple[int, ...]) -> int:
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def _meta_net(net_cfg: Any, where: str) -> nn.Module | None:
+    """The net that ``net_cfg`` describes, built on the meta device (shapes and dtypes, no memory); None
+    when its constructor cannot run there (a user's net): then only the real build is checked."""
+    try:
+        with torch.device("meta"):
+            return build_net_from_config(net_cfg, where)
+    except CheckpointError:
+        raise
+    except Exception as err:  # a user-registered net that cannot be built on the meta device
+        import warnings
+
+        warnings.warn(f"{where}: net {net_cfg.get('name')!r} cannot be built on the meta device ({err!r}); its size "
+                      "is checked only after it is built", stacklevel=3)
+        return None
+
+
+def _check_weights_header(ckpt: Path, config: dict, state: dict, ema: bool) -> None:
+    """Refuse, before building anything, a config whose net does not fit the stored weights."""
+    where = str(ckpt / CONFIG_FILE)
+    header = _read_header(ckpt / MODEL_FILE)
+    stray = sorted(k for k in header if not k.startswith(("net.", "ema.")))
+    if stray:
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: unexpected tensors {stray[:5]} (only 'net.*' and 'ema.*')")
+    meta = _meta_net(config.get("net"), where)
+    if meta is None:
+        return
+    expected = {k: (v.dtype, tuple(v.shape)) for k, v in meta.state_dict().items()}
+    for prefix in ("net.", "ema."):
+        stored = {k[len(prefix):]: v for k, v in header.items() if k.startswith(prefix)}
+        if not stored and prefix == "ema.":
+            continue  # saved without EMA weights (load_checkpoint says so when they are asked for)
+        want = sum(_numel(s) for _, s in expected.values())
+        have = sum(_numel(s) for _, s in stored.values())
+        if want > have:
+            name, kw = config["net"]["name"], config["net"].get("kwargs")
+            raise CheckpointError(
+                f"{where}: net {name!r} with kwargs {kw} has {want:,} weights ({want * 4 / 2**30:.3g} GiB as float32), but "
+                f"{ckpt / MODEL_FILE} holds {have:,} under '{prefix}*': the config does not describe these weights; "
+                "refusing to build it")
+        _compare(expected, stored, ckpt / MODEL_FILE, f"the net rebuilt from {CONFIG_FILE} ('{prefix}*')")
+        floats = {stored[k][0] for k in stored if _kind(stored[k][0]) == "float"}
+        if len(floats) > 1:
+            raise CheckpointError(f"{ckpt / MODEL_FILE}: the '{prefix}*' weights mix float dtypes {sorted(floats)}")
+        bad = sorted(d for d in floats if d not in _FLOAT_DTYPES)
+        if bad:
+            raise CheckpointError(f"{ckpt / MODEL_FILE}: float dtype {bad[0]} is not supported (F16, BF16, F32, F64)")
+    if isinstance(state.get("optimizer"), dict):
+        _check_optimizer_header(ckpt, state, [tuple(p.shape) for p in meta.parameters()])
+    shape = config.get("data_shape")
+    if shape:  # the samples the commands will draw must fit the net: one forward pass on the meta device
+        x = torch.empty((1, *shape), device="meta")
+        try:
+            with torch.no_grad():
+                out = meta(x, torch.empty(1, device="meta"))
+        except (ValueError, RuntimeError) as err:
+            raise CheckpointError(f"{where}: data_shape={shape} does not fit the net ({err})") from None
+        except Exception:  # a user's net that cannot run on the meta device: checked when it is called
+            return
+        if getattr(out, "shape", None) != x.shape:
+            raise CheckpointError(f"{where}: data_shape={shape} does not fit the net (its output has shape "
+                                  f"{tuple(getattr(out, 'shape', ()))[1:]})")
+
+
+def _check_optimizer_header(ckpt: Path, state: dict, param_shapes: list[tuple[int, ...]]) -> None:
+    """Every optimizer state tensor names a parameter of the net, is a float, and is a scalar or the
+    parameter's shape (AdamW's exp_avg, exp_avg_sq)."""
+    header = _read_header(ckpt / OPTIM_FILE)
+    for name, (dtype, shape) in header.items():
+        parts = name.split(".")
+        ok = len(parts) == 3 and parts[0] == "state" and parts[1].isdigit() and int(parts[1]) < len(param_shapes)
+        if not ok:
+            raise CheckpointError(f"{ckpt / OPTIM_FILE}: tensor {name!r} names no parameter of the net "
+                                  f"(expected 'state.<0..{len(param_shapes) - 1}>.<key>')")
+        if _kind(dtype) != "float":
+            raise CheckpointError(f"{ckpt / OPTIM_FILE}: {name} is {dtype}, not a float")
+        if shape not in ((), param_shapes[int(parts[1])]):
+            raise CheckpointError(f"{ckpt / OPTIM_FILE}: {name} has shape {shape}, but parameter {parts[1]} has "
+                                  f"{param_shapes[int(parts[1])]}")
+
+
+#: accepted values of state.json's plain fields (checked on load, before anything is built).
+_STATE_FIELDS = {"step": Int(ge=0), "world_size": Int(ge=1), "train_seconds": Real(ge=0)}
+
+
+def _check_state(state: dict, file: Path) -> None:
+    """state.json's fields have the types and ranges the trainer wrote (an untrusted file)."""
+    for name, param in _STATE_FIELDS.items():
+        if name in state and not param.accepts(state[name]):
+            _bad(file, name, state[name], param.describe())
+    step = state.get("step", 0)
+    hist = state.get("loss_history", [])
+    if not (isinstance(hist, list) and all(
+            isinstance(h, list) and len(h) == 2 and Int(ge=0, le=step).accepts(h[0]) and Real(allow_inf=True).accepts(h[1])
+            for h in hist)):
+        _bad(file, "loss_history", hist, f"a list of [step <= {step}, loss] pairs")
+    win = state.get("loss_window", [0.0, 0])
+    if not (isinstance(win, list) and len(win) == 2 and Real(allow_inf=True).accepts(win[0]) and Int(ge=0).accepts(win[1])):
+        _bad(file, "loss_window", win, "[sum of losses, count >= 0]")
+    rng = state.get("rng", {})
+    if not isinstance(rng, dict) or any(not isinstance(v, list) or not all(
+            u is None or (isinstance(u, list) and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255
+                                                     for b in u)) for u in v) for v in rng.values()):
+        _bad(file, "rng", "...", "{name: [one state per process: a list of bytes 0..255, or null]}")
+    sizes = {len(v) for v in rng.values()}
+    if len(sizes) > 1:
+        _bad(file, "rng", {k: len(v) for k, v in rng.items()}, "the same number of processes for every stream")
+    cpu = len(torch.get_rng_state())
+    if any(u is not None and len(u) != cpu for u in rng.get("torch", [])):
+        _bad(file, "rng.torch", "...", f"CPU generator states of {cpu} bytes")
+    for name in ("scheduler", "grad_scaler", "optimizer"):
+        if state.get(name) is not None and not isinstance(state[name], dict):
+            _bad(file, name, state[name], "a JSON object or null")
+
+
+def _bad(file: Path, name: str, value: Any, accepted: str) -> None:
+    text = repr(value)
+    raise CheckpointError(f"{file}: {name}={text[:80]}{'...' if len(text) > 80 else ''} is not accepted; "
+                          f"accepted: {accepted}")
+
+
+def _check_config(config: dict, file: Path) -> None:
+    """config.json's sections have the types load_checkpoint and the commands rely on."""
+    net = config.get("net")
+    if not (isinstance(net, dict) and isinstance(net.get("name"), str) and isinstance(net.get("kwargs") or {}, dict)):
+        _bad(file, "net", net, "{'name': a registered net, 'kwargs': {...}}")
+    for name in ("sde", "model"):
+        if config.get(name) is not None and not isinstance(config[name], dict):
+            _bad(file, name, config[name], "a JSON object")
+    shape = config.get("data_shape")
+    if shape is not None and not (isinstance(shape, list) and 1 <= len(shape) <= 4
+                                  and all(Int(ge=1).accepts(d) for d in shape)):
+        _bad(file, "data_shape", shape, "a list of 1 to 4 positive integers")
+    if "conditional" in config and not isinstance(config["conditional"], bool):
+        _bad(file, "conditional", config["conditional"], "true or false")
+    data = config.get("data")
+    if data is not None:
+        if not (isinstance(data, dict) and isinstance(data.get("name"), str) and data["name"]
+                and (data.get("n") is None or Int(ge=1).accepts(data["n"])) and Int(ge=0).accepts(data.get("seed", 0))
+                and isinstance(data.get("kwargs", {}), dict)):
+            _bad(file, "data", data, "{'name': a data set or path, 'n': null or >= 1, 'seed': >= 0, 'kwargs': {...}}")
 
 
 def build_net_from_config(net_cfg: Any, where: str = CONFIG_FILE) -> nn.Module:
@@ -458,21 +660,31 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | Non
     _verify_files(ckpt, state)
     config = _read_json(ckpt / CONFIG_FILE)
     where = str(ckpt / CONFIG_FILE)
+    # Everything below is checked before any tensor is allocated (the trust model: module docstring).
+    _check_state(state, ckpt / STATE_FILE)
+    _check_config(config, ckpt / CONFIG_FILE)
     try:
         sde = sde_from_config(config.get("sde"))
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: cannot rebuild the SDE: {err}") from None
+    mcfg = config.get("model") or {}
+    unknown = sorted(set(mcfg) - {"parameterization", "noise_input", "sigma_data"})
+    if unknown:
+        raise CheckpointError(f"{where}: unknown ScoreModel option(s) {unknown} in 'model'")
+    _check_weights_header(ckpt, config, state, ema)
+    prefix = "ema." if ema else "net."
+    if ema and not any(k.startswith(prefix) for k in _read_header(ckpt / MODEL_FILE)):
+        raise CheckpointError(f"{ckpt / MODEL_FILE}: holds no EMA weights ('ema.*'); load with ema=False")
     net = build_net_from_config(config.get("net"), where)
     tensors = _read_safetensors(ckpt / MODEL_FILE)
-    prefix = "ema." if ema else "net."
     weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
-    if ema and not weights:
-        raise CheckpointError(f"{ckpt / MODEL_FILE}: holds no EMA weights ('ema.*'); load with ema=False")
     load_weights(net, weights, ckpt / MODEL_FILE)
-    mcfg = config.get("model") or {}
     try:
+        sigma_data = mcfg.get("sigma_data", 0.5)
+        if not Real(gt=0).accepts(sigma_data):
+            raise ValueError(f"sigma_data={sigma_data!r} is not accepted; accepted: {Real(gt=0).describe()}")
         model = ScoreModel(net, sde, mcfg.get("parameterization", "score"),
-                           noise_input=mcfg.get("noise_input", "t"), sigma_data=mcfg.get("sigma_data", 0.5))
+                           noise_input=mcfg.get("noise_input", "t"), sigma_data=sigma_data)
     except (TypeError, ValueError) as err:
         raise CheckpointError(f"{where}: bad ScoreModel config {mcfg!r}: {err}") from None
     # an inference model: eval mode, weights frozen (no autograd graph through them when sampling;
@@ -483,16 +695,16 @@ def load_checkpoint(path: str | os.PathLike, *, device: str | torch.device | Non
 
 
 def load_weights(net: nn.Module, weights: dict[str, Tensor], where: Any) -> None:
-    """``net.load_state_dict(weights, strict=True)``, with mismatches reported as CheckpointError."""
-    expected = net.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    bad_shape = [k for k in expected if k in weights and tuple(weights[k].shape) != tuple(expected[k].shape)]
-    if missing or unexpected or bad_shape:
-        raise CheckpointError(
-            f"{where}: weights do not fit the net rebuilt from config.json "
-            f"(missing {missing[:5]}, unexpected {unexpected[:5]}, wrong shape {bad_shape[:5]})"
-        )
+    """``net.load_state_dict(weights, strict=True)``, with mismatches (names, shapes, a non-float weight for
+    a float parameter) reported as CheckpointError. Float weights keep the dtype they were stored in: the
+    net is converted to it first (a float64 run loads as float64, never rounded to float32)."""
+    _compare({k: (v.dtype, tuple(v.shape)) for k, v in net.state_dict().items()},
+             {k: (v.dtype, tuple(v.shape)) for k, v in weights.items()}, where)
+    floats = {v.dtype for v in weights.values() if v.is_floating_point()}
+    if len(floats) > 1:
+        raise CheckpointError(f"{where}: the weights mix float dtypes {sorted(map(str, floats))}")
+    if floats and floats != {p.dtype for p in net.state_dict().values() if p.is_floating_point()}:
+        net.to(floats.pop())
     net.load_state_dict(weights, strict=True)
 
 

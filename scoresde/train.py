@@ -472,11 +472,12 @@ class Trainer:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
         if unknown:
             raise TypeError(f"unknown TrainConfig field(s) {unknown}; valid: {[f.name for f in dataclasses.fields(TrainConfig)]}")
-        cfg_dict.update(overrides)
-        try:
-            cfg = TrainConfig(**cfg_dict)
-        except TypeError as err:
+        try:  # the stored settings alone first, so that an error in the file is named as one
+            TrainConfig(**cfg_dict)
+        except (TypeError, ValueError) as err:
             raise ckpt_mod.CheckpointError(f"{ck.path / ckpt_mod.CONFIG_FILE}: bad trainer config: {err}") from None
+        cfg_dict.update(overrides)
+        cfg = TrainConfig(**cfg_dict)
         if data is None:
             data = _data_from_config(ck)
         run_dir = out if out is not None else (ck.path.parent if ckpt_mod._STEP_DIR.match(ck.path.name) else ck.path)

@@ -208,7 +208,8 @@ def run(args) -> int:
         # The model, loss, data and optimiser settings come from the checkpoint; these may change.
         keep = ("steps", "device", "progress", "verbose", "ckpt_every", "keep", "snapshot_every", "log_every")
         trainer = Trainer.resume(args.out, **{k: cfg_kw[k] for k in keep})
-        what = f"resumed {args.out} at step {trainer.step}"
+        # the data are re-read from the path recorded in the checkpoint: say which (docs/reliability.md)
+        what = f"resumed {args.out} at step {trainer.step} (data: {trainer.data.name})"
     else:
         if _has_checkpoint(args.out) and not args.resume:
             raise ValueError(f"--out {args.out!r} already holds a run; pass --resume to continue it, or choose another --out")
