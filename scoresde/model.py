@@ -172,9 +172,11 @@ class ScoreModel(nn.Module):
                 f"x must be a tensor of shape (B, *D) with a batch dim; got "
                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
             )
+        _check_real_input(x)
         t = batch_time(t, x.shape[0], x.device)
         sde = self.sde
         alpha64, sigma64 = sde.alpha(t), sde.sigma(t)
+        _check_denominators(self.parameterization, t, alpha64, sigma64)
         alpha = append_dims(alpha64, x.ndim).to(x.dtype)
         sigma = append_dims(sigma64, x.ndim).to(x.dtype)
         p = self.parameterization
@@ -237,6 +239,8 @@ class ScoreModel(nn.Module):
                 f"the network must return a tensor of x's shape {tuple(x.shape)} (or an object whose .sample is one, "
                 f"e.g. diffusers' UNet2DOutput, or a tuple whose first item is one); got {got}"
             )
+        if not out.is_floating_point():  # complex or integer: never cast silently (a complex part would be dropped)
+            raise ValueError(f"the network must return real floating-point values; it returned dtype {out.dtype}")
 
     def score(self, x: Tensor, t: Tensor | float, **cond: Any) -> Tensor:
         """Convenience: the score at (x, t) (one network call)."""
@@ -262,6 +266,30 @@ def _unwrap(out: Any) -> Any:
     if isinstance(out, (tuple, list)) and out and isinstance(out[0], Tensor):
         return out[0]
     return out
+
+
+def _check_real_input(x: Tensor) -> None:
+    """x is a real floating-point state (an integer x gave NaN in the conversions; a complex one lost its
+    imaginary part at the network boundary)."""
+    if not x.is_floating_point():
+        raise ValueError(f"x must be a real floating-point tensor; got dtype {x.dtype} (cast it, e.g. x.float())")
+
+
+def _check_denominators(p: str, t: Tensor, alpha: Tensor, sigma: Tensor) -> None:
+    """Every parameterisation but ``score`` divides by sigma(t) or alpha(t) (eps -> score = -eps / sigma,
+    x0 = (x - sigma eps) / alpha; denoiser / edm scale x by 1/alpha and take log sigma): where either is 0 the
+    model is undefined, which is an error naming t, not an Inf. Checked on the CPU only, where it costs no
+    host synchronisation; on other devices the division runs and sample() reports the non-finite samples."""
+    if p == "score" or t.device.type != "cpu":
+        return
+    bad = (sigma == 0) | (alpha == 0)
+    if bool(bad.any()):
+        i = int(torch.nonzero(bad)[0])
+        which = "sigma(t) = 0" if float(sigma[i]) == 0 else "alpha(t) = 0"
+        raise ValueError(
+            f"a model with parameterization={p!r} is undefined at t={float(t[i]):.6g}, where {which} (its conversions "
+            "divide by sigma and alpha); evaluate it at times with sigma(t) > 0 and alpha(t) > 0 (e.g. t >= sde.t_min), "
+            "or wrap a score model (parameterization='score')")
 
 
 def _non_finite(call: int, tmin: Tensor, tmax: Tensor) -> NonFiniteError:
