@@ -207,7 +207,7 @@ class ScoreModel(nn.Module):
             # No host sync: keep a device flag per call, inspected when the deferred block ends.
             self._deferred.append((self.nfe, ~torch.isfinite(out).all(), t.detach().min(), t.detach().max()))
         elif self.check_finite and not bool(torch.isfinite(out).all()):
-            raise _non_finite(self.nfe, t.detach().min(), t.detach().max())
+            raise _non_finite(self.nfe, t.detach().min(), t.detach().max(), x)
         return Prediction(x=x, t=t, alpha=alpha, sigma=sigma, kind=kind, out=out)
 
     @contextlib.contextmanager
@@ -292,8 +292,15 @@ def _check_denominators(p: str, t: Tensor, alpha: Tensor, sigma: Tensor) -> None
             "or wrap a score model (parameterization='score')")
 
 
-def _non_finite(call: int, tmin: Tensor, tmax: Tensor) -> NonFiniteError:
+def _non_finite(call: int, tmin: Tensor, tmax: Tensor, x: Tensor | None = None) -> NonFiniteError:
     lo, hi = float(tmin), float(tmax)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # a solver whose step control broke down: not the model
+        return NonFiniteError(f"network evaluation #{call} was asked for at t = {hi} (not a time): the solver's step "
+                              "control broke down after an earlier step diverged; the model is not what failed", call=call)
+    if x is not None and not bool(torch.isfinite(x).all()):  # the caller's state, not the model, went bad first
+        return NonFiniteError(f"the model's input x was already NaN or Inf at network evaluation #{call} (t in "
+                              f"[{lo:.6g}, {hi:.6g}]): the sampler's or solver's state diverged before this call", t=hi,
+                              call=call)
     return NonFiniteError(
         f"the model returned NaN or Inf at network evaluation #{call} (t in [{lo:.6g}, {hi:.6g}])", t=hi, call=call
     )
