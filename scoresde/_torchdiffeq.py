@@ -27,3 +27,17 @@ def method_order(method: str) -> int | None:
     """The convergence order torchdiffeq's solver class declares (None if it declares none)."""
     order = getattr(SOLVERS[method], "order", None)
     return int(order) if isinstance(order, int) else None
+
+
+def odeint(func, y0, t, *, what: str, **kwargs):
+    """``torchdiffeq.odeint``, with the solver's own failures (it raises AssertionErrors: step size
+    underflow, a non-finite state, too many steps) raised as a RuntimeError that says what failed and
+    over which interval; the model is not blamed (a non-finite model output is the model's own error)."""
+    try:
+        return torchdiffeq.odeint(func, y0, t, **kwargs)
+    except AssertionError as err:
+        text = str(err).split(":")[0] if "non-finite" in str(err) else str(err)
+        hint = ("the step size fell to zero: the ODE is too stiff, or its solution diverges, at these tolerances"
+                if "underflow" in text else "the solution diverged" if "non-finite" in text else "see the solver's message")
+        raise RuntimeError(f"{what}: torchdiffeq's {kwargs.get('method', 'dopri5')!r} solver failed between t={float(t[0]):.6g} "
+                           f"and t={float(t[-1]):.6g} ({text}): {hint}") from None

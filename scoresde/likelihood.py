@@ -26,13 +26,11 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor
-from torchdiffeq import odeint
 
 from . import _torchdiffeq as tdq
-from ._utils import check_choice
 from .model import ScoreModel, as_model
 from .random import PerSampleNoise, make_seeds
-from .registry import Real
+from .registry import Bool, Choice, Int, Maybe, OneOf, Real
 from .sde import LinearSDE
 
 __all__ = ["log_likelihood", "LikelihoodResult", "bits_per_dim", "dequantize", "EXACT_MAX_DIM"]
@@ -244,18 +242,31 @@ def log_likelihood(
         :class:`LikelihoodResult`. ``bpd`` is filled for image data (``dequantize`` given or x of
         rank >= 3, assumed 8-bit dequantised into ``data_range``).
     """
-    check_choice("estimator", estimator, ("exact", "hutchinson"))
-    check_choice("probe", probe, ("rademacher", "gaussian"))
-    check_choice("method", method, tuple(tdq.SOLVERS))
+    where = "log_likelihood"
+    Choice("exact", "hutchinson").check("estimator", estimator, where)
+    Choice("rademacher", "gaussian").check("probe", probe, where)
+    Choice(*tdq.SOLVERS).check("method", method, where)
     for name, tol in (("rtol", rtol), ("atol", atol)):
-        Real(gt=0).check(name, tol, "log_likelihood")
+        Real(gt=0).check(name, tol, where)
+    n_probes = Int(ge=1).check("n_probes", n_probes, where)
+    Maybe(Real(ge=0)).check("t_min", t_min, where)
+    Maybe(OneOf(Bool(), Int(ge=1, le=16))).check("dequantize", dequantize, where)
+    for name, value in (("cond", cond), ("options", options)):
+        if value is not None and not isinstance(value, dict):
+            raise TypeError(f"{where}: {name} must be a dict or None; got {type(value).__name__}")
     if method in tdq.FIXED_METHODS and not (options and ("step_size" in options or "grid_constructor" in options)):
         raise ValueError(f"method={method!r} is a fixed-step solver: give options={{'step_size': ...}} (or use 'dopri5')")
     if not isinstance(x, Tensor) or x.ndim < 2:
         raise ValueError(f"x must be a tensor of shape (B, *D); got {getattr(x, 'shape', type(x).__name__)}")
-    if int(n_probes) != n_probes or n_probes < 1:
-        raise ValueError(f"n_probes must be a positive integer; got {n_probes!r}")
+    if x.is_complex() or x.dtype == torch.bool:
+        raise ValueError(f"x must hold real numbers; got dtype {x.dtype}")
+    if x.is_floating_point() and not bool(torch.isfinite(x).all()):  # the data, not the model
+        bad = (~torch.isfinite(x)).reshape(x.shape[0], -1).any(1)
+        raise ValueError(f"x (the data) contains NaN or Inf in {int(bad.sum())} of {x.shape[0]} samples (first: sample "
+                         f"{int(torch.nonzero(bad)[0])}); their likelihood is undefined")
     B, D = x.shape[0], x[0].numel()
+    if B == 0 or D == 0:
+        raise ValueError(f"x must hold at least one sample with at least one value; got shape {tuple(x.shape)}")
     if estimator == "exact" and D > EXACT_MAX_DIM:
         raise ValueError(
             f"estimator='exact' needs one backward pass per dimension; D={D} > EXACT_MAX_DIM={EXACT_MAX_DIM}: "
@@ -281,7 +292,8 @@ def log_likelihood(
     ts = torch.tensor([t0, sde.T], dtype=torch.float64, device=x.device)
     start = m.nfe
     with torch.no_grad():
-        xs, deltas = odeint(func, (x64, x64.new_zeros(B, K)), ts, rtol=rtol, atol=atol, method=method, options=options)
+        xs, deltas = tdq.odeint(func, (x64, x64.new_zeros(B, K)), ts, what="log_likelihood", rtol=rtol, atol=atol,
+                                method=method, options=options)
     z, delta = xs[-1].reshape(x.shape), deltas[-1]  # delta: (B, K)
 
     prior = sde.prior_logp(z).to(torch.float64)

@@ -72,3 +72,77 @@ def test_a_score_model_at_t_zero_is_allowed():
     # a score function (e.g. an exact mixture's) is defined at t = 0: nothing divides by sigma
     m = ScoreModel(lambda x, t: -x, VPSDE(), "score")
     assert torch.equal(m(torch.ones(2, 2), 0.0).score, -torch.ones(2, 2))
+
+
+# ------------------------------------------------------------------------------ the right thing blamed
+def _huge_below_half(x, t):
+    """A finite score that makes the PF-ODE drift overflow float32 for t < 0.5 (the solver's failure)."""
+    t = torch.as_tensor(t).reshape(-1, *([1] * (x.ndim - 1)))
+    return torch.where(t < 0.5, torch.full_like(x, 3e38), -x)
+
+
+@pytest.mark.parametrize("method", ["dopri5", "bosh3"])
+def test_a_failed_ode_solve_names_the_solver_not_the_model(method):
+    import scoresde
+
+    with pytest.raises(RuntimeError) as info:
+        scoresde.sample(_huge_below_half, VPSDE(), (4, 2), "ode", method=method, generator=torch.Generator().manual_seed(0))
+    msg = str(info.value)
+    assert f"sampler 'ode': torchdiffeq's '{method}' solver failed between t=1 and t=0.001" in msg, msg
+    assert "nan" not in msg.lower() and "model" not in msg, msg
+
+
+def test_a_failed_likelihood_solve_names_the_solver():
+    from scoresde.likelihood import log_likelihood
+
+    def jump(x, t):  # finite outputs, but a 1e30 jump in the score at t = 0.5: the step size underflows
+        t = torch.as_tensor(t).reshape(-1, *([1] * (x.ndim - 1)))
+        return torch.where(t < 0.5, x * 1e30, -x)
+
+    x = torch.randn(4, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 3
+    with pytest.raises(RuntimeError, match=r"log_likelihood: torchdiffeq's 'dopri5' solver failed between t=0.001 and t=1 "
+                                           r"\(underflow in dt"):
+        log_likelihood(jump, VPSDE(), x)
+
+
+def test_a_nan_time_blames_the_solver_and_a_nan_input_the_state():
+    from scoresde.model import NonFiniteError
+
+    m = ScoreModel(lambda x, t: x * torch.as_tensor(t, dtype=x.dtype).reshape(-1, 1), VPSDE(), "score")
+    with pytest.raises(NonFiniteError, match=r"was asked for at t = nan \(not a time\).*the model is not what failed"):
+        m(torch.ones(2, 2), float("nan"))
+    with pytest.raises(NonFiniteError, match=r"the model's input x was already NaN or Inf .*t in \[0.5, 0.5\]"):
+        m(torch.tensor([[1.0, float("inf")], [0.0, 0.0]]), 0.5)
+    bad = ScoreModel(lambda x, t: x * float("inf"), VPSDE(), "score")  # finite input, finite t: the model's fault
+    with pytest.raises(NonFiniteError, match=r"^the model returned NaN or Inf at network evaluation #1"):
+        bad(torch.ones(2, 2), 0.5)
+
+
+def test_an_adaptive_sampler_names_its_interval_not_a_grid_step():
+    import scoresde
+    from scoresde.model import NonFiniteError
+
+    def bad_below_half(x, t):
+        t = torch.as_tensor(t).reshape(-1, *([1] * (x.ndim - 1)))
+        return torch.where(t < 0.5, torch.full_like(x, float("nan")), -x)
+
+    with pytest.raises(NonFiniteError) as info:
+        scoresde.sample(bad_below_half, VPSDE(), (4, 2), "ode", generator=torch.Generator().manual_seed(0))
+    msg = str(info.value)
+    assert "the model returned NaN or Inf" in msg and "(adaptive) solving from t=1 to t=0.001" in msg and "step" not in msg
+
+
+def test_nan_in_likelihood_data_is_named_as_the_data():
+    import numpy as np
+
+    from scoresde.commands.likelihood import evaluate
+    from scoresde.likelihood import log_likelihood
+
+    x = torch.zeros(5, 2)
+    x[3, 1] = float("nan")
+    with pytest.raises(ValueError, match=r"x \(the data\) contains NaN or Inf in 1 of 5 samples \(first: sample 3\)"):
+        log_likelihood(lambda x, t: -x, VPSDE(), x)
+    with pytest.raises(ValueError, match=r"the data contain NaN or Inf in 1 of 5 samples \(first: sample 3\)"):
+        evaluate(None, VPSDE(), None, x.numpy())  # refused before the model is touched
+    with pytest.raises(ValueError, match="the data must be a real numeric array"):
+        evaluate(None, VPSDE(), None, np.zeros((3, 2), dtype=np.complex64))

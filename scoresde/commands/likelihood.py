@@ -110,7 +110,14 @@ def evaluate(model, sde, scaler, data, *, estimator="auto", n_probes=1, probe="r
     from ..likelihood import EXACT_MAX_DIM, dequantize, log_likelihood
     from ..random import make_seeds
 
-    x_all = torch.as_tensor(np.asarray(data))
+    a = np.asarray(data)
+    if a.dtype == object or a.dtype == bool or not np.issubdtype(a.dtype, np.number) or np.iscomplexobj(a):
+        raise ValueError(f"the data must be a real numeric array (float, or integer pixels); got dtype {a.dtype}")
+    if np.issubdtype(a.dtype, np.floating) and not np.isfinite(a).all():  # name the data, not the model
+        bad = ~np.isfinite(a.reshape(len(a), -1)).all(1)
+        raise ValueError(f"the data contain NaN or Inf in {int(bad.sum())} of {len(a)} samples (first: sample "
+                         f"{int(np.flatnonzero(bad)[0])}); their likelihood is undefined")
+    x_all = torch.as_tensor(a)
     if x_all.ndim < 2:
         raise ValueError(f"the data must have shape (N, *D); got {tuple(x_all.shape)}")
     N, D = x_all.shape[0], x_all[0].numel()

@@ -234,7 +234,7 @@ def sample(
             if project:
                 x = guidance.finish(x)
     except NonFiniteError as err:
-        raise _locate(err, ts, sampler) from None
+        raise _locate(err, ts, sampler, traits.fixed_grid) from None
     finally:
         if bar is not None:
             bar.close()
@@ -324,10 +324,13 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def _locate(err: NonFiniteError, ts: Tensor, sampler: str) -> NonFiniteError:
-    """Add the step of the grid at which a non-finite model output appeared."""
+def _locate(err: NonFiniteError, ts: Tensor, sampler: str, fixed_grid: bool = True) -> NonFiniteError:
+    """Add the step of the grid at which a non-finite model output appeared (an adaptive solver's steps are
+    not grid steps: then only the interval it was solving)."""
     msg = str(err)
-    if err.t is not None:
+    if err.t is not None and not fixed_grid:
+        msg = f"{msg}; sampler {sampler!r} (adaptive) solving from t={float(ts[0]):.6g} to t={float(ts[-1]):.6g}"
+    elif err.t is not None:
         tc = ts.detach().cpu()
         n = len(tc) - 1
         i = int(torch.searchsorted(-tc, torch.tensor(-err.t, dtype=tc.dtype), right=True).clamp(1, n)) - 1

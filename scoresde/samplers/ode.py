@@ -12,7 +12,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torchdiffeq
 
 from .. import _torchdiffeq as tdq
 from .._utils import as_time
@@ -77,7 +76,7 @@ def ode(model, sde: LinearSDE, x, ts, *, noise, callback, method: str = "dopri5"
                              "takes one step per interval of the grid ts (choose steps= and schedule= instead)")
         # One method step per interval of ts; only the end state is stored.
         opts["grid_constructor"] = lambda f, y0, t: ts
-        x = torchdiffeq.odeint(drift, x, ts[[0, -1]], rtol=rtol, atol=atol, method=method, options=opts)[-1]
+        x = tdq.odeint(drift, x, ts[[0, -1]], what="sampler 'ode'", rtol=rtol, atol=atol, method=method, options=opts)[-1]
         callback(len(ts) - 2, x)
         return x
     if method in tdq.RK_ADAPTIVE_METHODS:
@@ -85,8 +84,8 @@ def ode(model, sde: LinearSDE, x, ts, *, noise, callback, method: str = "dopri5"
         user = as_time(opts.get("step_t", []), device=ts.device).flatten()
         opts["step_t"] = torch.unique(torch.cat([user, ts[-1:]]))
     # A plain function (no callback_step): adaptive steps are not grid steps; one callback at the end.
-    x = torchdiffeq.odeint(lambda t, y: drift(t, y), x, ts[[0, -1]], rtol=rtol, atol=atol, method=method,
-                           options=opts)[-1]
+    x = tdq.odeint(lambda t, y: drift(t, y), x, ts[[0, -1]], what="sampler 'ode'", rtol=rtol, atol=atol, method=method,
+                   options=opts)[-1]
     callback(0, x)
     return x
 
