@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import append_dims, batch_time, check_choice
+from .registry import Bool, Real
 from .sde import LinearSDE
 
 __all__ = ["ScoreModel", "Prediction", "NonFiniteError", "PARAMETERIZATIONS", "NOISE_INPUTS", "as_model"]
@@ -139,8 +140,8 @@ class ScoreModel(nn.Module):
             raise TypeError(f"sde must be a scoresde LinearSDE; got {type(sde).__name__}")
         if not callable(net):
             raise TypeError(f"net must be callable; got {type(net).__name__}")
-        if not (sigma_data > 0 and math.isfinite(sigma_data)):
-            raise ValueError(f"sigma_data must be positive and finite; got {sigma_data}")
+        sigma_data = Real(gt=0).check("sigma_data", sigma_data, "ScoreModel")  # no strings, bools, NaN
+        check_finite = Bool().check("check_finite", check_finite, "ScoreModel")
         self.net = net  # registered as a submodule when it is an nn.Module
         self.sde = sde
         self.parameterization = parameterization
