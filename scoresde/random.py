@@ -104,10 +104,15 @@ def make_seeds(batch: int, *, generator: torch.Generator | None = None, seeds=No
             if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool:
                 raise ValueError(f"seeds must be integers; got a tensor of dtype {seeds.dtype}")
         else:
+            if isinstance(seeds, (str, bytes)) or not hasattr(seeds, "__iter__"):
+                raise TypeError(f"seeds must be a 1-D sequence or tensor of {batch} integers; got {seeds!r}")
             seeds = list(seeds)
             bad = [v for v in seeds if isinstance(v, bool) or not isinstance(v, numbers.Integral)]
             if bad:
                 raise ValueError(f"seeds must be non-negative integers; got {bad[0]!r} (no rounding of non-integers)")
+            big = [v for v in seeds if not 0 <= int(v) < 2**63]
+            if big:
+                raise ValueError(f"seeds must be non-negative integers below 2**63; got {big[0]!r}")
         s = torch.as_tensor(seeds, dtype=torch.int64)
         if s.ndim != 1 or s.shape[0] != batch:
             raise ValueError(f"seeds must be a 1-D sequence of {batch} integers (one per sample); got shape {tuple(s.shape)}")

@@ -17,7 +17,8 @@ import torch
 from torch import Tensor
 
 from ._utils import as_time
-from .registry import Real, Registry
+from .distributed import pick_device
+from .registry import Int, Real, Registry
 from .sde import LinearSDE
 
 __all__ = ["make_grid", "SCHEDULES", "GRIDS"]
@@ -67,10 +68,26 @@ def make_grid(
     device: torch.device | str | None = None,
 ) -> Tensor:
     """Return the (steps + 1,) float64 grid from T to t_min (or the explicit grid, checked)."""
-    t_lo = sde.t_min if t_min is None else float(t_min)
-    t_hi = sde.T if T is None else float(T)
+    where = "make_grid"
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"{where}: sde must be a scoresde LinearSDE; got {type(sde).__name__}")
+    if device is not None:
+        device = pick_device(device)  # a device torch does not know, or one this machine lacks: ValueError
+    t_lo = sde.t_min if t_min is None else Real().check("t_min", t_min, where)
+    t_hi = sde.T if T is None else Real().check("T", T, where)
+    Real(gt=0).check("rho", rho, where)  # checked for every schedule, though only 'karras' uses it
     if not isinstance(schedule, str):
-        ts = as_time(schedule, device=device)
+        if t_min is not None or T is not None:
+            raise ValueError(f"{where}: t_min and T set the ends of a named schedule; an explicit schedule has its own "
+                             f"(got t_min={t_min!r}, T={T!r}): drop them, or change the grid")
+        if isinstance(schedule, (bool, int, float)) or not hasattr(schedule, "__len__"):
+            raise TypeError(f"{where}: schedule must be a name ({', '.join(GRIDS.names())}) or a decreasing 1-D sequence "
+                            f"of times; got {schedule!r}")
+        try:
+            ts = as_time(schedule, device=device)
+        except (TypeError, ValueError, RuntimeError) as err:
+            raise TypeError(f"{where}: an explicit schedule must be a 1-D sequence of numbers; got {schedule!r} "
+                            f"({err})") from None
         if ts.ndim != 1 or ts.numel() < 2:
             raise ValueError(f"an explicit schedule must be a 1-D sequence of at least 2 times; got shape {tuple(ts.shape)}")
         if steps is not None and ts.numel() != steps + 1:
@@ -82,7 +99,7 @@ def make_grid(
             f"schedule={schedule!r} is not one of the accepted values: {', '.join(map(repr, GRIDS.names()))}, "
             "or an explicit decreasing sequence of times"
         )
-    if steps is None or isinstance(steps, bool) or int(steps) != steps or steps < 1:
+    if steps is None or not Int(ge=1).accepts(steps):
         raise ValueError(f"steps must be a positive integer (the number of time intervals); got {steps!r}")
     if not sde.t_min - 1e-12 <= t_lo < t_hi <= sde.T + 1e-12:
         raise ValueError(f"need {sde.t_min} <= t_min < T <= {sde.T}; got t_min={t_lo}, T={t_hi}")

@@ -15,6 +15,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..distributed import pick_device
 from ..model import NonFiniteError, ScoreModel, as_model
 from ..random import GeneratorNoise, IndexedNoise, PerSampleNoise, make_seeds
 from ..registry import Bool, Choice, Int, OneOf
@@ -136,6 +137,13 @@ def sample(
         raise TypeError(f"cond must be a dict of network keyword arguments (e.g. {{'y': labels}}); got {type(cond).__name__}")
     if steps is not None:
         steps = Int(ge=1).check("steps", steps, "sample")
+    if noise is not None and (seeds is not None or generator is not None):
+        raise ValueError("sample: noise= is the source of all noise, so seeds= and generator= would be ignored; give "
+                         "either noise, or seeds / generator (per-sample noise)")
+    if device is not None and not isinstance(device, (str, torch.device)):
+        raise TypeError(f"sample: device must be a torch.device or a name such as 'cpu' or 'cuda:0'; got {device!r}")
+    if x_T is not None:
+        x_T = _check_state("x_T", x_T, shape)
     project = guidance is not None and bool(getattr(guidance, "needs_projection", False))
     if project and not traits.state_hook:
         hooked = [s.name for s in registry.specs() if s.traits().state_hook]
@@ -152,8 +160,6 @@ def sample(
             what = "a custom noise source or generator stream" if noise is not None else "a projecting guidance"
             raise ValueError(f"max_batch={max_batch} splits the request by per-sample seeds, which {what} cannot "
                              "follow; pass seeds= or generator= (per-sample noise), or max_batch=None")
-        if x_T is not None:
-            x_T = _check_state("x_T", x_T, shape)
         common = dict(schedule=schedule, rho=rho, t_min=t_min, T=T, denoise=denoise, return_trajectory=return_trajectory,
                       progress=progress, device=device, dtype=dtype, guidance=guidance, grad=grad, **options)
         return _chunked(model, sde, shape, sampler, steps, max_batch, make_seeds(shape[0], generator=generator, seeds=seeds),
@@ -164,7 +170,7 @@ def sample(
     grad = bool(grad) or bool(getattr(guidance, "needs_grad", False))
     if device is None:
         device = x_T.device if x_T is not None else _model_device(score_model)
-    device = torch.device(device)
+    device = pick_device(device)  # a name torch does not know, or a device this machine lacks: ValueError
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype; got {dtype}")
 
@@ -191,7 +197,7 @@ def sample(
     if x_T is None:
         x = noise_src(like) * sde.prior_std()
     else:
-        x = _check_state("x_T", x_T, shape).to(device=device, dtype=dtype)
+        x = x_T.to(device=device, dtype=dtype)  # checked at the door
     if project:
         x = guidance.project(x, ts[0], -1)
 
@@ -234,7 +240,7 @@ def sample(
             if project:
                 x = guidance.finish(x)
     except NonFiniteError as err:
-        raise _locate(err, ts, sampler, traits.fixed_grid) from None
+        raise _locate(err, ts, sampler) from None
     finally:
         if bar is not None:
             bar.close()
@@ -324,13 +330,10 @@ def _check_shape(shape: Any) -> tuple[int, ...]:
     return tuple(int(s) for s in shape)
 
 
-def _locate(err: NonFiniteError, ts: Tensor, sampler: str, fixed_grid: bool = True) -> NonFiniteError:
-    """Add the step of the grid at which a non-finite model output appeared (an adaptive solver's steps are
-    not grid steps: then only the interval it was solving)."""
+def _locate(err: NonFiniteError, ts: Tensor, sampler: str) -> NonFiniteError:
+    """Add the step of the grid at which a non-finite model output appeared."""
     msg = str(err)
-    if err.t is not None and not fixed_grid:
-        msg = f"{msg}; sampler {sampler!r} (adaptive) solving from t={float(ts[0]):.6g} to t={float(ts[-1]):.6g}"
-    elif err.t is not None:
+    if err.t is not None:
         tc = ts.detach().cpu()
         n = len(tc) - 1
         i = int(torch.searchsorted(-tc, torch.tensor(-err.t, dtype=tc.dtype), right=True).clamp(1, n)) - 1
