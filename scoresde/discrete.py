@@ -37,6 +37,7 @@ import torch
 from torch import Tensor
 
 from ._utils import as_time, check_choice
+from .registry import Choice, Int, Maybe, Real
 from .sde import SDES, LinearSDE
 
 __all__ = ["DiscreteVPSDE", "make_betas", "BETA_SCHEDULES", "SPACINGS"]
@@ -322,4 +323,6 @@ def _table(name: str, values: Any) -> Tensor:
 
 
 # Rebuildable from its config (checkpoints) and by name: one more entry of the SDE registry.
-SDES.add("discrete_vp", DiscreteVPSDE, aliases=("DiscreteVPSDE",))
+SDES.add("discrete_vp", DiscreteVPSDE, aliases=("DiscreteVPSDE",),
+         params={"beta_schedule": Maybe(Choice(*BETA_SCHEDULES)), "num_train_timesteps": Int(ge=2, le=10**6),
+                 "beta_start": Real(gt=0, lt=1), "beta_end": Real(gt=0, lt=1), "t_min": Real(ge=0, lt=1)})

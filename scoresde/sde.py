@@ -23,7 +23,7 @@ import torch
 from torch import Tensor
 
 from ._utils import append_dims, as_time
-from .registry import Registry
+from .registry import Real, Registry
 
 __all__ = ["LinearSDE", "VPSDE", "SubVPSDE", "VESDE", "EDMSDE", "sde_from_config", "make_sde", "SDES", "CAPABILITIES"]
 
@@ -51,9 +51,8 @@ class LinearSDE:
     capabilities: frozenset[str] = frozenset()
 
     def __init__(self, T: float = 1.0, t_min: float = 1e-3):
-        T, t_min = float(T), float(t_min)
-        if not (math.isfinite(T) and math.isfinite(t_min)):
-            raise ValueError(f"T and t_min must be finite; got T={T}, t_min={t_min}")
+        where = type(self).__name__
+        T, t_min = Real(gt=0).check("T", T, where), Real(ge=0).check("t_min", t_min, where)  # no strings, no bools
         if not 0.0 <= t_min < T:
             raise ValueError(f"need 0 <= t_min < T; got t_min={t_min}, T={T}")
         self.T = T
@@ -315,10 +314,9 @@ class _ScheduleSDE(LinearSDE):
 
 
 def _check_pos(name: str, value: float) -> float:
-    value = float(value)
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number; got {value}")
-    return value
+    if not Real(gt=0).accepts(value):  # a positive finite real number: no strings, no bools
+        raise ValueError(f"{name} must be a positive finite number; got {value!r}")
+    return float(value)
 
 
 def _check_sigma_range(sigma_min: float, sigma_max: float) -> tuple[float, float]:
@@ -341,6 +339,10 @@ class _BetaSchedule(LinearSDE):
         super().__init__(T=T, t_min=t_min)
         self.beta_min, self.beta_max = beta_min, beta_max
         self._kwargs = {"beta_min": beta_min, "beta_max": beta_max, "T": T, "t_min": t_min}
+        log_a = float(self.log_alpha(torch.tensor(self.T, dtype=torch.float64)))
+        if log_a < -700.0:  # alpha(T) = exp(log_a) would underflow float64 to 0: lambda, x0 undefined at T
+            raise ValueError(f"{type(self).__name__}: beta_min={beta_min}, beta_max={beta_max}, T={T} give alpha(T) = "
+                             f"exp({log_a:.4g}), below float64's range; lower beta_max or T")
 
     def beta(self, t: Tensor) -> Tensor:
         return self.beta_min + as_time(t) * (self.beta_max - self.beta_min)
@@ -507,10 +509,13 @@ class EDMSDE(LinearSDE):
 #: the built-in SDEs by short name (aliases: the class names, used in checkpoints). Option types come
 #: from the constructors' defaults; the constructors check ranges (sigma_min < sigma_max, ...).
 SDES = Registry("SDE")
-SDES.add("vp", VPSDE, aliases=("VPSDE",))
-SDES.add("subvp", SubVPSDE, aliases=("SubVPSDE",))
-SDES.add("ve", VESDE, aliases=("VESDE",))
-SDES.add("edm", EDMSDE, aliases=("EDMSDE",))
+# sigma up to 1e8 keeps sigma^2 and x_T finite in float32 with room; the beta schedules are also bounded by alpha(T) > 0.
+_BETAS = {"beta_min": Real(gt=0), "beta_max": Real(gt=0), "T": Real(gt=0), "t_min": Real(ge=0)}
+_SIGMAS = {"sigma_min": Real(gt=0), "sigma_max": Real(gt=0, le=1e8)}
+SDES.add("vp", VPSDE, aliases=("VPSDE",), params=_BETAS)
+SDES.add("subvp", SubVPSDE, aliases=("SubVPSDE",), params=_BETAS)
+SDES.add("ve", VESDE, aliases=("VESDE",), params={**_SIGMAS, "T": Real(gt=0), "t_min": Real(ge=0)})
+SDES.add("edm", EDMSDE, aliases=("EDMSDE",), params=_SIGMAS)
 
 
 def make_sde(name: str, **kwargs) -> LinearSDE:
