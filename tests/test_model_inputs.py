@@ -118,20 +118,6 @@ def test_a_nan_time_blames_the_solver_and_a_nan_input_the_state():
         bad(torch.ones(2, 2), 0.5)
 
 
-def test_an_adaptive_sampler_names_its_interval_not_a_grid_step():
-    import scoresde
-    from scoresde.model import NonFiniteError
-
-    def bad_below_half(x, t):
-        t = torch.as_tensor(t).reshape(-1, *([1] * (x.ndim - 1)))
-        return torch.where(t < 0.5, torch.full_like(x, float("nan")), -x)
-
-    with pytest.raises(NonFiniteError) as info:
-        scoresde.sample(bad_below_half, VPSDE(), (4, 2), "ode", generator=torch.Generator().manual_seed(0))
-    msg = str(info.value)
-    assert "the model returned NaN or Inf" in msg and "(adaptive) solving from t=1 to t=0.001" in msg and "step" not in msg
-
-
 def test_nan_in_likelihood_data_is_named_as_the_data():
     import numpy as np
 

@@ -1,0 +1,477 @@
+"""Property-based fuzzing of the public API and the CLI (hypothesis).
+
+The property, for every entry point: each generated call either returns a result that passes the
+invariants (finite, the asked shape and dtype, the NFE the sampler declares plus the final denoising
+step), or raises a ValueError / TypeError whose message names the argument that was bad (the CLI:
+exit 2 with one line on stderr). Never another exception type, never a silent coercion: a hostile
+value (a string for a number, 4.7 for a count, a 2-D grid, NaN, ...) must be refused, not rounded,
+flattened or ignored.
+
+Each example changes AT MOST ONE argument to a hostile value (so the error can be attributed to it)
+and draws all others from valid pools. Sampler options are drawn from each sampler's defaults and
+declared variants (valid), or made hostile with a value its declared param refuses. Runs are
+derandomised (a fixed seed, no example database) with bounded example counts: the same examples run
+on every machine and the suite takes about a minute on one CPU core.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import scoresde
+from scoresde.samplers import registry
+from scoresde.sde import EDMSDE, VESDE, VPSDE, SubVPSDE
+
+FUZZ = settings(derandomize=True, database=None, deadline=None, print_blob=True,
+                suppress_health_check=list(HealthCheck))
+
+
+def fuzz(n: int):
+    """A derandomised hypothesis run of ``n`` examples."""
+    return settings(FUZZ, max_examples=n)
+
+
+class Case:
+    """One generated call: keyword arguments, and the one argument made hostile (None: all valid)."""
+
+    def __init__(self, kwargs: dict, bad: str | None, names: tuple[str, ...] = ()):
+        self.kwargs, self.bad = kwargs, bad
+        self.names = names or ((bad,) if bad else ())
+
+    def __repr__(self) -> str:
+        return f"Case(bad={self.bad!r}, kwargs={self.kwargs!r})"
+
+
+def run_case(call, case: Case):
+    """Call; a hostile case must raise ValueError/TypeError naming its argument, a valid one must not raise."""
+    if case.bad is None:
+        return call(**case.kwargs)
+    try:
+        call(**case.kwargs)
+    except (ValueError, TypeError) as err:
+        msg = str(err)
+        assert any(n in msg for n in case.names), f"{type(err).__name__} does not name {case.names}: {msg}"
+        return None
+    raise AssertionError(f"hostile {case.bad}={case.kwargs.get(case.bad)!r} was accepted: {case!r}")
+
+
+# ------------------------------------------------------------------------------------------ models
+S2 = 0.25  # the data are N(0, S2 I) in any shape: score(x, t) = -x / (alpha^2 S2 + sigma^2) exactly
+
+
+def gaussian_score(sde):
+    def score(x, t):
+        t = torch.as_tensor(t, dtype=torch.float64).reshape(-1)
+        a, s = sde.alpha(t), sde.sigma(t)
+        v = (a**2 * S2 + s**2).reshape(-1, *([1] * (x.ndim - 1))).to(x.dtype)
+        return -x / v
+
+    return score
+
+
+SDES = {"vp": VPSDE(), "subvp": SubVPSDE(), "ve": VESDE(), "edm": EDMSDE()}
+NAMES = registry.available()
+FAST_DEFAULT = [n for n in NAMES if registry.get(n).default_steps <= 50]  # steps=None stays cheap
+
+# values no declared param of these types accepts (NaN, a string, a list, an object)
+HOSTILE_VALUES = [float("nan"), "junk", [1], object(), -1e300, 1e300, True, 2.5, -3]
+
+
+def hostile_option(spec, name):
+    param = spec.params[name]
+    return [v for v in HOSTILE_VALUES if not param.accepts(v)]
+
+
+SAMPLE_BAD = ["shape", "steps", "seeds", "generator", "schedule", "rho", "t_min", "T", "denoise", "x_T",
+              "return_trajectory", "progress", "dtype", "cond", "max_batch", "noise", "noise_and_seeds", "device", "sampler",
+              "sde", "option", "unknown_option"]
+
+
+@st.composite
+def sample_cases(draw, bad=None, sampler=None):
+    name = sampler or draw(st.sampled_from(NAMES))
+    spec = registry.get(name)
+    sde_name = draw(st.sampled_from(list(SDES)))
+    sde = SDES[sde_name]
+    B = draw(st.integers(1, 3))
+    D = draw(st.sampled_from([(2,), (1, 2, 2)]))
+    shape = (B, *D)
+    options = dict(draw(st.sampled_from([{}, *spec.variants])))
+    kw = dict(model=gaussian_score(sde), sde=sde, shape=shape, sampler=name,
+              steps=draw(st.integers(1, 4) if name not in FAST_DEFAULT else st.one_of(st.none(), st.integers(1, 4))))
+    if draw(st.booleans()):
+        kw["seeds"] = draw(st.lists(st.integers(0, 2**62), min_size=B, max_size=B))
+    elif draw(st.booleans()):
+        kw["generator"] = torch.Generator().manual_seed(draw(st.integers(0, 10)))
+    sched = draw(st.sampled_from([None, "uniform", "karras", "logsnr", "quadratic", "explicit"]))
+    if sched == "explicit":
+        n = kw["steps"] or draw(st.integers(1, 4))
+        kw["schedule"] = torch.linspace(sde.T, sde.t_min, n + 1, dtype=torch.float64).tolist()
+    elif sched is not None:
+        kw["schedule"] = sched
+        if sched == "karras" and draw(st.booleans()):
+            kw["rho"] = draw(st.floats(1.0, 10.0))
+        if draw(st.booleans()):
+            lo = sde.t_min + (sde.T - sde.t_min) * draw(st.floats(0.0, 0.4))
+            kw["t_min"] = lo
+            if draw(st.booleans()):
+                kw["T"] = lo + (sde.T - lo) * draw(st.floats(0.5, 1.0))
+    kw["denoise"] = draw(st.sampled_from([True, False, "tweedie", "ode"]))
+    if draw(st.integers(0, 4)) == 0:
+        kw["x_T"] = torch.randn(shape, generator=torch.Generator().manual_seed(1)) * sde.prior_std()
+    kw["return_trajectory"] = draw(st.booleans())
+    kw["dtype"] = draw(st.sampled_from([torch.float32, torch.float64]))
+    if draw(st.integers(0, 4)) == 0:
+        kw["max_batch"] = draw(st.integers(1, B))
+    if draw(st.integers(0, 6)) == 0 and "max_batch" not in kw:
+        kw["noise"] = torch.Generator().manual_seed(3)
+        kw.pop("seeds", None), kw.pop("generator", None)
+    if draw(st.booleans()):
+        kw["progress"] = False
+    kw.update(options)
+
+    names: tuple[str, ...] = ()
+    if bad == "shape":
+        kw["shape"] = draw(st.sampled_from(["42", (4.7, 2), (0, 2), (2,), [], (True, 2), 3, (2, -1), None, (2.0, 2),
+                                            (np.float64(2), 2), ("2", 2)]))
+    elif bad == "steps":
+        kw["steps"] = draw(st.sampled_from([0, -1, 2.5, True, "3", 3.0, [3], float("nan")]))
+    elif bad == "seeds":
+        kw.pop("generator", None), kw.pop("noise", None)
+        kw["seeds"] = draw(st.sampled_from([[1.7] * B, ["1"] * B, [0] * (B + 1), [[0]] * B, [-1] * B, [2**64] * B,
+                                            [True] * B, torch.zeros(B), "0" * B, 3]))
+    elif bad == "generator":
+        kw.pop("seeds", None), kw.pop("noise", None)
+        kw["generator"] = draw(st.sampled_from(["gen", 1, np.random.default_rng(0)]))
+    elif bad == "schedule":
+        kw.pop("t_min", None), kw.pop("T", None), kw.pop("rho", None)
+        kw["schedule"] = draw(st.sampled_from(["nope", "Uniform", [0.5, 0.7], [[1.0, 0.5]], [1.0], [1.0, float("nan")],
+                                               [sde.T * 2, sde.t_min], [sde.T, sde.t_min / 2], 5, [sde.T, sde.T]]))
+        names = ("schedule", "grid", "steps")  # a grid of the wrong length may be named by the step count
+    elif bad == "rho":
+        kw["schedule"], kw["rho"] = "karras", draw(st.sampled_from([0, -1.0, float("nan"), "7", True, float("inf")]))
+    elif bad == "t_min":
+        kw["schedule"] = kw.get("schedule") if isinstance(kw.get("schedule"), str) else "uniform"
+        kw.pop("T", None)
+        kw["t_min"] = draw(st.sampled_from([-1.0, float("nan"), "0.1", True, sde.T * 2, sde.T, 0.0 if sde.t_min > 0 else -1.0]))
+    elif bad == "T":
+        kw["schedule"] = kw.get("schedule") if isinstance(kw.get("schedule"), str) else "uniform"
+        kw.pop("t_min", None)
+        kw["T"] = draw(st.sampled_from([0.0, float("nan"), "1", True, sde.T * 2, sde.t_min]))
+    elif bad == "denoise":
+        kw["denoise"] = draw(st.sampled_from(["yes", 1, 0, None, "none"]))
+    elif bad == "x_T":
+        kw["x_T"] = draw(st.sampled_from([torch.zeros(B, 3), torch.zeros(shape, dtype=torch.int64),
+                                          torch.full(shape, float("nan")), np.zeros(shape), torch.zeros(shape).tolist(),
+                                          torch.zeros(shape, dtype=torch.complex64)]))
+        kw.pop("max_batch", None)
+    elif bad in ("return_trajectory", "progress"):
+        kw[bad] = draw(st.sampled_from([1, "yes", None, 0]))
+    elif bad == "dtype":
+        kw["dtype"] = draw(st.sampled_from([torch.int32, "float32", np.float32, torch.complex64, torch.bool]))
+    elif bad == "cond":
+        kw["cond"] = draw(st.sampled_from([[1], "y", 3]))
+    elif bad == "max_batch":
+        kw["max_batch"] = draw(st.sampled_from([0, -1, 1.5, True, "2"]))
+    elif bad == "noise":
+        kw.pop("seeds", None), kw.pop("generator", None), kw.pop("max_batch", None)
+        kw["noise"] = draw(st.sampled_from(["x", 3, np.random.default_rng(0)]))
+    elif bad == "noise_and_seeds":  # noise= replaces the per-sample seeds: giving both must not ignore one
+        kw.pop("max_batch", None)
+        kw["noise"] = torch.Generator().manual_seed(0)
+        kw.update(draw(st.sampled_from([{"seeds": list(range(B))}, {"generator": torch.Generator()}])))
+        names = ("seeds", "generator")
+    elif bad == "device":
+        kw.pop("x_T", None)
+        kw["device"] = draw(st.sampled_from(["tpu", 5, "nonsense", "cuda:9"]))
+        names = ("device", "CUDA", "cuda")
+    elif bad == "sampler":
+        kw["sampler"] = draw(st.sampled_from(["nope", 3, None, "DDIM"]))
+        for k in options:
+            kw.pop(k)
+    elif bad == "sde":
+        kw["sde"] = draw(st.sampled_from(["vp", None, 3]))
+    elif bad == "option":
+        opts = [k for k in spec.params if hostile_option(spec, k)]
+        if not opts:
+            bad = None
+        else:
+            k = draw(st.sampled_from(opts))
+            kw[k] = draw(st.sampled_from(hostile_option(spec, k)))
+            names = (k,)
+    elif bad == "unknown_option":
+        kw["etaa_typo"] = 1.0
+        names = ("etaa_typo",)
+    return Case(kw, bad, names)
+
+
+def _expected_refusal(case: Case) -> str | None:
+    """A valid call the front door still refuses by design, and the word its error must contain."""
+    kw = case.kwargs
+    spec = registry.get(kw["sampler"])
+    opts = {k: v for k, v in kw.items() if k in spec.defaults}
+    try:
+        spec.check_sde(kw["sde"], opts)
+    except ValueError:
+        return "sampler"
+    traits = spec.traits(opts)
+    mb = kw.get("max_batch")
+    if mb is not None and mb < kw["shape"][0] and kw.get("return_trajectory") and not traits.fixed_grid:
+        return "max_batch"
+    return None
+
+
+@pytest.mark.parametrize("sampler", NAMES)
+@fuzz(8)
+@given(data=st.data())
+def test_sample_valid(sampler, data):
+    _check_sample(data.draw(sample_cases(sampler=sampler)))
+
+
+@pytest.mark.parametrize("bad", SAMPLE_BAD)
+@fuzz(12)
+@given(data=st.data())
+def test_sample_hostile(bad, data):
+    case = data.draw(sample_cases(bad))
+    _check_sample(case)
+
+
+def _check_sample(case):
+    refusal = _expected_refusal(case) if case.bad is None else None
+    if refusal is not None:
+        case = Case(case.kwargs, "refused", (refusal,))
+    res = run_case(scoresde.sample, case)
+    if res is None:
+        return
+    kw = case.kwargs
+    spec = registry.get(kw["sampler"])
+    opts = {k: v for k, v in kw.items() if k in spec.defaults}
+    traits = spec.traits(opts)
+    shape, dtype = kw["shape"], kw.get("dtype", torch.float32)
+    assert tuple(res.x.shape) == shape and res.x.dtype == dtype and bool(torch.isfinite(res.x).all())
+    steps = len(res.ts) - 1
+    declared = traits.nfe(steps)
+    if declared is not None:
+        mb = kw.get("max_batch") or shape[0]
+        batches = math.ceil(shape[0] / mb)
+        assert res.nfe == batches * (declared + (kw.get("denoise", True) is not False)), (res.nfe, declared, case)
+    if kw.get("steps") is not None and traits.fixed_grid:
+        assert steps == kw["steps"]
+    if kw.get("return_trajectory") and traits.fixed_grid:
+        assert tuple(res.trajectory.shape) == (steps + 1, *shape)
+    if "seeds" in kw:
+        assert res.seeds.tolist() == list(kw["seeds"])
+
+
+# ------------------------------------------------------------------------------------------ ScoreModel
+from scoresde.model import NOISE_INPUTS, PARAMETERIZATIONS, ScoreModel  # noqa: E402
+
+SCOREMODEL_BAD = ["net", "sde", "parameterization", "noise_input", "sigma_data", "check_finite", "x", "t", "cond"]
+
+
+@st.composite
+def scoremodel_cases(draw, bad=None):
+    sde = SDES[draw(st.sampled_from(list(SDES)))]
+    param = draw(st.sampled_from(PARAMETERIZATIONS))
+    ctor = dict(net=lambda x, c, **k: -0.5 * x, sde=sde, parameterization=param,
+                noise_input=draw(st.sampled_from(NOISE_INPUTS)), sigma_data=draw(st.floats(0.05, 5.0)),
+                check_finite=draw(st.booleans()))
+    B = draw(st.integers(1, 3))
+    shape = (B, *draw(st.sampled_from([(2,), (3,), (1, 2, 2)])))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(draw(st.integers(0, 9))), dtype=dtype)
+    u = draw(st.floats(0.0, 1.0))
+    t0 = sde.t_min + u * (sde.T - sde.t_min)
+    t = draw(st.sampled_from([t0, torch.tensor(t0), torch.full((B,), t0, dtype=torch.float64), torch.full((B,), t0)]))
+    call = dict(x=x, t=t)
+    names: tuple[str, ...] = ()
+    if bad in ("net", "sde", "parameterization", "noise_input", "sigma_data", "check_finite"):
+        ctor[bad] = draw(st.sampled_from({
+            "net": [3, None, "net"], "sde": ["vp", None, 3], "parameterization": ["nope", 3, None, "EPS"],
+            "noise_input": ["nope", 3, None], "sigma_data": [-1.0, 0.0, float("nan"), "0.5", True, float("inf")],
+            "check_finite": ["yes", 1, None]}[bad]))
+    elif bad == "x":
+        call["x"] = draw(st.sampled_from([x.tolist(), x[0], x.to(torch.int64), x.to(torch.complex64), "x", None,
+                                          x.to(torch.bool)]))
+    elif bad == "t":
+        call["t"] = draw(st.sampled_from(["0.5", torch.zeros(B + 1), torch.zeros(B, 2), [[t0]], None, object()]))
+    elif bad == "cond":
+        call["cond"] = draw(st.sampled_from([3, "y"]))
+    return ctor, call, bad, names or ((bad,) if bad else ())
+
+
+def _check_scoremodel(ctor, call, bad, names):
+    def go(**_):
+        m = ScoreModel(**ctor)
+        cond = call.get("cond")
+        if cond is not None and not isinstance(cond, dict):  # the documented call convention: keywords
+            raise TypeError(f"cond must be keyword arguments (a dict); got {cond!r}")
+        return m, m(call["x"], call["t"], **(cond or {}))
+
+    out = run_case(go, Case({}, bad, names))
+    if out is None:
+        return
+    m, pred = out
+    x = call["x"]
+    assert m.nfe == 1
+    for q in ("score", "eps", "x0", "v"):
+        v = getattr(pred, q)
+        assert v.shape == x.shape and v.dtype == x.dtype and bool(torch.isfinite(v).all()), q
+
+
+@fuzz(60)
+@given(scoremodel_cases())
+def test_scoremodel_valid(case):
+    _check_scoremodel(*case)
+
+
+@pytest.mark.parametrize("bad", SCOREMODEL_BAD)
+@fuzz(8)
+@given(data=st.data())
+def test_scoremodel_hostile(bad, data):
+    _check_scoremodel(*data.draw(scoremodel_cases(bad)))
+
+
+# ------------------------------------------------------------------------------------------ SDEs
+from scoresde.sde import SDES as SDE_REGISTRY  # noqa: E402
+from scoresde.sde import make_sde, sde_from_config  # noqa: E402
+
+SDE_VALID = {
+    "vp": lambda d: dict(beta_min=d(st.floats(0.01, 1.0)), beta_max=d(st.floats(1.0, 30.0)), T=d(st.floats(0.5, 1.0)),
+                         t_min=d(st.floats(1e-5, 1e-2))),
+    "subvp": lambda d: dict(beta_min=d(st.floats(0.01, 1.0)), beta_max=d(st.floats(1.0, 30.0))),
+    "ve": lambda d: dict(sigma_min=d(st.floats(1e-3, 0.5)), sigma_max=d(st.floats(1.0, 100.0)), t_min=d(st.floats(0.0, 0.1))),
+    "edm": lambda d: dict(sigma_min=d(st.floats(1e-3, 0.5)), sigma_max=d(st.floats(1.0, 100.0))),
+    "discrete_vp": lambda d: dict(beta_schedule=d(st.sampled_from(["linear", "scaled_linear", "squaredcos_cap_v2"])),
+                                  num_train_timesteps=d(st.integers(10, 1000)), beta_start=d(st.floats(1e-5, 1e-3)),
+                                  beta_end=d(st.floats(5e-3, 0.05))),
+}
+SDE_HOSTILE = [-1.0, 0.0, float("nan"), float("inf"), "0.1", True, None, [0.1], 1e300]
+
+
+@st.composite
+def sde_cases(draw, bad=False):
+    name = draw(st.sampled_from(list(SDE_VALID)))
+    kw = {k: v for k, v in SDE_VALID[name](draw).items() if k == "beta_schedule" or draw(st.booleans())}
+    if not bad:
+        return name, kw, None
+    key = draw(st.sampled_from([*SDE_REGISTRY.get(name).defaults, "typo_option"]))
+    pool = [v for v in SDE_HOSTILE if not (key == "t_min" and v == 0.0)]  # t_min = 0 is allowed
+    kw[key] = 1.0 if key == "typo_option" else draw(st.sampled_from(pool))
+    return name, kw, key
+
+
+def _check_sde(name, kw, bad):
+    case = Case(kw, bad)
+    sde = run_case(lambda **k: make_sde(name, **k), case)
+    if sde is None:
+        if bad in ("alphas_cumprod", "betas", "beta_schedule") and kw[bad] is None:
+            pytest.fail("unreachable")  # None is the default of these: never drawn as hostile
+        return
+    t = torch.linspace(sde.t_min, sde.T, 33, dtype=torch.float64)[1:]
+    a, s = sde.alpha(t), sde.sigma(t)
+    assert bool(torch.isfinite(a).all() and torch.isfinite(s).all() and (a > 0).all() and (s > 0).all()), (name, kw)
+    lam = sde.lam(t)
+    assert bool(torch.isfinite(lam).all() and (lam[1:] < lam[:-1]).all()), (name, kw)  # log-SNR decreases
+    # inverse_lambda inverts lam to 1e-6 relative in t (float64 closed forms or bisection)
+    assert torch.allclose(sde.inverse_lambda(lam), t, rtol=1e-6, atol=1e-9 * sde.T), (name, kw)
+    assert math.isfinite(float(sde.prior_std())) and float(sde.prior_std()) > 0
+    assert sde_from_config(json.loads(json.dumps(sde.config()))).config() == sde.config()
+
+
+@fuzz(60)
+@given(sde_cases())
+def test_make_sde_valid(case):
+    _check_sde(*case)
+
+
+@fuzz(80)
+@given(sde_cases(bad=True))
+def test_make_sde_hostile(case):
+    name, kw, bad = case
+    if bad in ("alphas_cumprod", "betas", "beta_schedule") and kw[bad] is None:
+        return  # their default: a valid value
+    _check_sde(name, kw, bad)
+
+
+@pytest.mark.parametrize("cls", [VPSDE, SubVPSDE, VESDE, EDMSDE])
+@fuzz(15)
+@given(data=st.data())
+def test_sde_classes_refuse_coercible_values(cls, data):
+    # the classes themselves, not only make_sde: a string or a bool is never turned into a number
+    name = {VPSDE: "vp", SubVPSDE: "subvp", VESDE: "ve", EDMSDE: "edm"}[cls]
+    key = data.draw(st.sampled_from(list(SDE_REGISTRY.get(name).defaults)))
+    value = data.draw(st.sampled_from(["0.1", True, None, [0.1], float("nan")]))
+    run_case(lambda **k: cls(**k), Case({key: value}, key))
+
+
+# ------------------------------------------------------------------------------------------ make_grid
+from scoresde.schedules import SCHEDULES, make_grid  # noqa: E402
+
+GRID_BAD = ["sde", "steps", "schedule", "rho", "t_min", "T", "device"]
+
+
+@st.composite
+def grid_cases(draw, bad=None):
+    sde = SDES[draw(st.sampled_from(list(SDES)))]
+    kw = dict(sde=sde, steps=draw(st.integers(1, 50)), schedule=draw(st.sampled_from(SCHEDULES)))
+    if draw(st.booleans()):
+        kw["rho"] = draw(st.floats(0.5, 10.0))
+    if draw(st.booleans()):
+        kw["t_min"] = sde.t_min + (sde.T - sde.t_min) * draw(st.floats(0.0, 0.5))
+    if draw(st.booleans()):
+        kw["T"] = sde.T - (sde.T - kw.get("t_min", sde.t_min)) * draw(st.floats(0.0, 0.4))
+    if draw(st.integers(0, 3)) == 0:  # an explicit grid (its own ends)
+        n = draw(st.integers(1, 6))
+        kw["schedule"] = torch.linspace(sde.T, sde.t_min, n + 1, dtype=torch.float64).tolist()
+        kw["steps"] = draw(st.sampled_from([None, n]))
+        kw.pop("t_min", None), kw.pop("T", None)
+    if bad == "sde":
+        kw["sde"] = draw(st.sampled_from(["vp", None]))
+    elif bad == "steps":
+        kw["schedule"] = draw(st.sampled_from(SCHEDULES))
+        kw["steps"] = draw(st.sampled_from([0, -2, 2.5, 3.0, True, "4", None]))
+    elif bad == "schedule":
+        kw.pop("t_min", None), kw.pop("T", None)
+        kw["schedule"] = draw(st.sampled_from(["nope", [0.2, 0.5], [[1.0, 0.1]], 7, [sde.T], [sde.T, float("inf")]]))
+    elif bad == "rho":
+        kw["rho"] = draw(st.sampled_from([0.0, -1.0, float("nan"), "7", True]))
+    elif bad in ("t_min", "T"):
+        kw["schedule"], kw["steps"] = "uniform", 4
+        kw.pop("t_min", None), kw.pop("T", None)
+        kw[bad] = draw(st.sampled_from([float("nan"), "0.5", True, -1.0, sde.T * 3]))
+    elif bad == "device":
+        kw["device"] = draw(st.sampled_from(["tpu", "nonsense"]))
+    return kw, bad
+
+
+def _check_grid(kw, bad):
+    ts = run_case(make_grid, Case(kw, bad, ("schedule", "grid", "steps") if bad == "schedule" else ()))
+    if ts is None:
+        return
+    sde = kw["sde"]
+    explicit = not isinstance(kw["schedule"], str)
+    n = len(kw["schedule"]) - 1 if explicit else kw["steps"]
+    assert ts.dtype == torch.float64 and ts.shape == (n + 1,) and bool((ts[1:] < ts[:-1]).all())
+    hi, lo = (kw["schedule"][0], kw["schedule"][-1]) if explicit else (kw.get("T", sde.T), kw.get("t_min", sde.t_min))
+    assert float(ts[0]) == hi and float(ts[-1]) == lo
+
+
+@fuzz(80)
+@given(grid_cases())
+def test_make_grid_valid(case):
+    _check_grid(*case)
+
+
+@pytest.mark.parametrize("bad", GRID_BAD)
+@fuzz(10)
+@given(data=st.data())
+def test_make_grid_hostile(bad, data):
+    _check_grid(*data.draw(grid_cases(bad)))
