@@ -94,9 +94,15 @@ class LoadedCheckpoint:
     def data_shape(self) -> tuple[int, ...]:
         return tuple(self.config.get("data_shape") or ())
 
-    def optimizer_state(self) -> dict:
-        """The optimizer's ``state_dict()`` (tensors from optimizer.safetensors, the rest from state.json)."""
-        return _optimizer_state(self.path, self.state)
+    def optimizer_state(self, optimizer: torch.optim.Optimizer | None = None) -> dict:
+        """The optimizer's ``state_dict()`` (tensors from optimizer.safetensors, the rest from state.json).
+
+        With ``optimizer`` (the one it will be loaded into), the state is checked against it first
+        (:func:`check_optimizer_state`): a state that would fail or misbehave in ``step()`` is refused."""
+        sd = _optimizer_state(self.path, self.state)
+        if optimizer is not None:
+            check_optimizer_state(sd, optimizer, self.path / STATE_FILE)
+        return sd
 
 
 # ----------------------------------------------------------------------------------------------- save
@@ -328,6 +334,9 @@ def _optimizer_state(path: Path, state: dict) -> dict:
     if not isinstance(plain, dict):
         raise CheckpointError(f"{path / STATE_FILE}: holds no optimizer state (saved without an optimizer)")
     tensors = _read_safetensors(path / OPTIM_FILE)
+    bad = [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{path / OPTIM_FILE}: {bad[:5]} hold NaN or Inf (a corrupt or diverged checkpoint)")
     out_state = {}
     try:
         for pid, entry in plain["state"].items():
@@ -343,6 +352,59 @@ def _optimizer_state(path: Path, state: dict) -> dict:
     except (KeyError, TypeError, ValueError, AttributeError) as err:
         raise CheckpointError(f"{path}: the optimizer state in {STATE_FILE} / {OPTIM_FILE} is malformed ({err!r})") from None
     return {"state": out_state, "param_groups": groups}
+
+
+def check_optimizer_state(sd: dict, optimizer: torch.optim.Optimizer, where: Any) -> None:
+    """Refuse an optimizer state (``state_dict()`` form) that ``optimizer`` cannot use.
+
+    The hyper-parameters of each group must have the keys and types of ``optimizer``'s own (numbers
+    finite, ``lr`` / ``eps`` / ``weight_decay`` >= 0, ``betas`` in [0, 1)) and name the same parameters;
+    then the state is loaded into a copy of the optimizer over meta-device parameters (no memory) and one
+    ``step()`` is taken there, which catches every missing, mistyped or misshapen entry.
+    """
+    import copy
+
+    live = optimizer.state_dict()["param_groups"]
+    groups = sd.get("param_groups") if isinstance(sd, dict) else None
+    if not isinstance(groups, list) or len(groups) != len(live):
+        raise CheckpointError(f"{where}: the optimizer state has {len(groups) if isinstance(groups, list) else 'no'} "
+                              f"parameter groups; {type(optimizer).__name__} has {len(live)}")
+    for i, (g, ref) in enumerate(zip(groups, live, strict=True)):
+        if not isinstance(g, dict) or set(g) != set(ref):
+            raise CheckpointError(f"{where}: optimizer parameter group {i} has keys {sorted(g) if isinstance(g, dict) else g!r}; "
+                                  f"{type(optimizer).__name__} has {sorted(ref)}")
+        for k, rv in ref.items():
+            v, bad = g[k], False
+            if k == "params":
+                bad = v != rv
+            elif isinstance(rv, bool):
+                bad = not isinstance(v, bool)
+            elif isinstance(rv, (int, float)):
+                bad = not Real(ge=0 if k in ("lr", "eps", "weight_decay") else None).accepts(v)
+            elif isinstance(rv, (tuple, list)):
+                bad = not (isinstance(v, (tuple, list)) and len(v) == len(rv)
+                           and all(Real(ge=0, lt=1).accepts(u) if k == "betas" else Real().accepts(u) for u in v))
+            elif rv is None:
+                bad = v is not None and not isinstance(v, bool)
+            elif isinstance(rv, str):
+                bad = not isinstance(v, str)
+            if bad:
+                raise CheckpointError(f"{where}: optimizer parameter group {i}: {k}={v!r} is not accepted (the optimizer "
+                                      f"has {rv!r})"[:300])
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    meta = {id(p): nn.Parameter(torch.empty(p.shape, dtype=p.dtype, device="meta")) for p in params}
+    try:
+        probe = type(optimizer)([{"params": [meta[id(p)] for p in g["params"]]} for g in optimizer.param_groups])
+    except (TypeError, ValueError):  # an optimizer that cannot be built from its parameters alone: no dry run
+        return
+    try:
+        probe.load_state_dict(copy.deepcopy(sd))
+        for p in meta.values():
+            p.grad = torch.empty_like(p)
+        probe.step()
+    except (RuntimeError, TypeError, ValueError, KeyError, IndexError, AttributeError) as err:
+        raise CheckpointError(f"{where}: the optimizer state does not fit {type(optimizer).__name__} on these parameters "
+                              f"({type(err).__name__}: {err})"[:400]) from None
 
 
 # ----------------------------------------------------------------------------------------------- load
@@ -700,6 +762,9 @@ def load_weights(net: nn.Module, weights: dict[str, Tensor], where: Any) -> None
     net is converted to it first (a float64 run loads as float64, never rounded to float32)."""
     _compare({k: (v.dtype, tuple(v.shape)) for k, v in net.state_dict().items()},
              {k: (v.dtype, tuple(v.shape)) for k, v in weights.items()}, where)
+    bad = [k for k, v in weights.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise CheckpointError(f"{where}: weights {bad[:5]} hold NaN or Inf (a corrupt or diverged checkpoint)")
     floats = {v.dtype for v in weights.values() if v.is_floating_point()}
     if len(floats) > 1:
         raise CheckpointError(f"{where}: the weights mix float dtypes {sorted(map(str, floats))}")

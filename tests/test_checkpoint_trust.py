@@ -258,3 +258,36 @@ def test_data_path_that_is_not_a_regular_array_file_is_refused_on_resume(tmp_pat
     msg = str(info.value)
     assert f"the stored data path {str(target)!r}" in msg and "config.json" in msg, msg
     assert ("does not exist" in msg) if kind == "missing" else ("is not a regular .npy/.npz file or a folder" in msg)
+
+
+def test_nan_weights_are_refused(copy):
+    def poison(t):
+        k = next(k for k in t if k.startswith("net."))
+        v = t[k].clone()
+        v.view(-1)[0] = float("nan")
+        return {**t, k: v}
+
+    _edit_tensors(copy, "model.safetensors", poison)
+    _refused(copy, "hold NaN or Inf")
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda g: g.update(amsgrad=True), "does not fit AdamW"),  # no max_exp_avg_sq: step() would raise KeyError
+    (lambda g: g.update(betas=[]), "betas=() is not accepted"),
+    (lambda g: g.update(betas=[0.9, 1.5]), "betas=(0.9, 1.5) is not accepted"),
+    (lambda g: g.update(lr=-1.0), "lr=-1.0 is not accepted"),
+    (lambda g: g.update(lr=None), "lr=None is not accepted"),
+    (lambda g: g.update(params=[0, 0]), "params=[0, 0] is not accepted"),
+    (lambda g: g.update(evil=1), "has keys"),
+])
+def test_an_optimizer_state_that_would_fail_in_step_is_refused_on_resume(copy, edit, needle):
+    _edit_json(copy, "state.json", lambda s: edit(s["optimizer"]["param_groups"][0]))
+    with pytest.raises(CheckpointError) as info:
+        Trainer.resume(copy.parent, out=copy.parent / "again", steps=4)
+    assert needle in str(info.value) and "state.json" in str(info.value), str(info.value)
+
+
+def test_an_rng_state_of_the_wrong_size_is_refused_on_resume(copy):
+    _edit_json(copy, "state.json", lambda s: s["rng"].update(loss=[[1] * 16]))  # a CUDA generator's size, on the CPU
+    with pytest.raises(CheckpointError, match="rng states unusable on cpu"):
+        Trainer.resume(copy.parent, out=copy.parent / "again", steps=4)
