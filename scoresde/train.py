@@ -175,6 +175,8 @@ class Trainer:
         self.net_name = net_name or ckpt_mod._net_name(self.net)
         self.net.to(self.device).train()
         self.x = self.data.x.to(self.device)
+        if cfg.batch_size > self.x.shape[0]:  # found now, not at the first step
+            raise ValueError(f"batch_size={cfg.batch_size} is larger than the data set ({self.x.shape[0]} examples)")
         self.y = getattr(self.data, "y", None)
         num_classes = (self.net.config() or {}).get("num_classes") if hasattr(self.net, "config") else None
         self.conditional = bool(num_classes) if cond is None else cond
@@ -432,7 +434,7 @@ class Trainer:
         ema_w = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
         ckpt_mod.load_weights(self.net, net_w, ck.path / ckpt_mod.MODEL_FILE)
         ckpt_mod.load_weights(self.ema, ema_w or net_w, ck.path / ckpt_mod.MODEL_FILE)
-        self.optimizer.load_state_dict(ck.optimizer_state())
+        self.optimizer.load_state_dict(ck.optimizer_state(self.optimizer))  # checked against this optimizer first
         st = ck.state
         self.step = self._saved_step = int(st["step"])
         self.history = [list(h) for h in st.get("loss_history", [])]
@@ -444,10 +446,14 @@ class Trainer:
             self.grad_scaler.load_state_dict(st["grad_scaler"])
         rng = st.get("rng") or {}
         if len(rng.get("loss", [])) == self.world:
-            self.loss_gen.set_state(torch.tensor(rng["loss"][self.rank], dtype=torch.uint8))
-            torch.set_rng_state(torch.tensor(rng["torch"][self.rank], dtype=torch.uint8))
-            if self.device.type == "cuda" and rng.get("cuda") and rng["cuda"][self.rank] is not None:
-                torch.cuda.set_rng_state(torch.tensor(rng["cuda"][self.rank], dtype=torch.uint8), self.device)
+            try:  # an RNG state of another device type or length is a bad checkpoint, named as one
+                self.loss_gen.set_state(torch.tensor(rng["loss"][self.rank], dtype=torch.uint8))
+                torch.set_rng_state(torch.tensor(rng["torch"][self.rank], dtype=torch.uint8))
+                if self.device.type == "cuda" and rng.get("cuda") and rng["cuda"][self.rank] is not None:
+                    torch.cuda.set_rng_state(torch.tensor(rng["cuda"][self.rank], dtype=torch.uint8), self.device)
+            except (RuntimeError, TypeError, ValueError, KeyError, IndexError) as err:
+                raise ckpt_mod.CheckpointError(f"{ck.path / ckpt_mod.STATE_FILE}: rng states unusable on {self.device} "
+                                               f"({err})") from None
         else:
             warnings.warn(
                 f"checkpoint saved with {len(rng.get('loss', []))} process(es), resumed with {self.world}: the RNG "
