@@ -243,6 +243,8 @@ def log_likelihood(
         rank >= 3, assumed 8-bit dequantised into ``data_range``).
     """
     where = "log_likelihood"
+    if not isinstance(sde, LinearSDE):
+        raise TypeError(f"{where}: sde must be a scoresde LinearSDE; got {type(sde).__name__}")
     Choice("exact", "hutchinson").check("estimator", estimator, where)
     Choice("rademacher", "gaussian").check("probe", probe, where)
     Choice(*tdq.SOLVERS).check("method", method, where)

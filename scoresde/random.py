@@ -99,6 +99,8 @@ def philox_normal(seeds: Tensor, draw: int, n: int, dtype: torch.dtype = torch.f
 def make_seeds(batch: int, *, generator: torch.Generator | None = None, seeds=None, device=None) -> Tensor:
     """Per-sample int64 seeds: given explicitly, or drawn from ``generator`` (prefix-stable:
     the first i seeds do not depend on ``batch``), or from torch's default generator."""
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     if seeds is not None:
         if isinstance(seeds, Tensor):
             if seeds.is_floating_point() or seeds.is_complex() or seeds.dtype == torch.bool:

@@ -475,3 +475,248 @@ def test_make_grid_valid(case):
 @given(data=st.data())
 def test_make_grid_hostile(bad, data):
     _check_grid(*data.draw(grid_cases(bad)))
+
+
+# ------------------------------------------------------------------------------------------ log_likelihood
+from scoresde.likelihood import log_likelihood  # noqa: E402
+
+LL_BAD = ["x", "sde", "estimator", "n_probes", "probe", "method", "rtol", "atol", "t_min", "generator", "seeds",
+          "dequantize", "cond", "data_range", "options"]
+
+
+@st.composite
+def ll_cases(draw, bad=None):
+    sde = SDES[draw(st.sampled_from(["vp", "subvp", "ve"]))]  # T = 1: a short solve
+    B = draw(st.integers(1, 3))
+    D = draw(st.sampled_from([(2,), (3,)]))
+    dtype = draw(st.sampled_from([torch.float32, torch.float64]))
+    x = torch.randn((B, *D), generator=torch.Generator().manual_seed(draw(st.integers(0, 9))), dtype=dtype) * S2**0.5
+    kw = dict(model=gaussian_score(sde), sde=sde, x=x, estimator=draw(st.sampled_from(["exact", "hutchinson"])),
+              method=draw(st.sampled_from(["dopri5", "bosh3"])), rtol=draw(st.sampled_from([1e-3, 1e-4])),
+              atol=draw(st.sampled_from([1e-3, 1e-4])))
+    if kw["estimator"] == "hutchinson":
+        kw["n_probes"] = draw(st.integers(1, 3))
+        kw["probe"] = draw(st.sampled_from(["rademacher", "gaussian"]))
+    if draw(st.booleans()):
+        kw["t_min"] = draw(st.sampled_from([sde.t_min, 0.01, 0.1]))
+    if draw(st.booleans()):
+        kw["seeds"] = list(range(B))
+    elif draw(st.booleans()):
+        kw["generator"] = torch.Generator().manual_seed(1)
+    if draw(st.booleans()):
+        kw["dequantize"] = False
+    if bad == "x":
+        kw["x"] = draw(st.sampled_from([x.tolist(), x[0], x.to(torch.complex64), torch.full((B, *D), float("nan")),
+                                        torch.full((B, *D), float("inf")), torch.zeros(0, *D), x.to(torch.int64), "x"]))
+    elif bad == "sde":
+        kw["sde"] = "vp"
+    elif bad is not None and bad != "x":
+        kw[bad] = draw(st.sampled_from({
+            "estimator": ["nope", 3, None], "n_probes": [0, -1, 1.5, True, "2"], "probe": ["normal", None, 1],
+            "method": ["rk45", None, 3], "rtol": [0.0, -1.0, float("nan"), "1e-3", True],
+            "atol": [0.0, -1e-3, float("inf"), None], "t_min": [-0.1, 1.0, 5.0, float("nan"), "0.1", True],
+            "generator": ["g", 3], "seeds": [[1.5] * B, [0] * (B + 1), [-1] * B, 7], "dequantize": [0.5, 17, "8", -1],
+            "cond": [[1], "y"], "data_range": [(1.0, -1.0), (0.0,), "ab", (float("nan"), 1.0)],
+            "options": [[1], "x"]}[bad]))
+        if bad in ("n_probes", "probe"):
+            kw["estimator"] = "hutchinson"
+        if bad == "data_range":
+            kw["x"] = torch.randint(0, 256, (B, *D))
+            kw["dequantize"] = 8
+        if bad in ("generator", "seeds"):
+            kw.pop("seeds" if bad == "generator" else "generator", None)
+    return Case(kw, bad, {"x": ("x",), "sde": ("sde", "LinearSDE", "ScoreModel")}.get(bad, ()))
+
+
+def _check_ll(case):
+    if case.bad is None and case.kwargs.get("seeds") is not None and case.kwargs.get("generator") is not None:
+        case.kwargs.pop("generator")
+    res = run_case(log_likelihood, case)
+    if res is None:
+        return
+    kw = case.kwargs
+    B = kw["x"].shape[0]
+    assert res.logp.shape == (B,) and res.logp.dtype == torch.float64 and bool(torch.isfinite(res.logp).all())
+    assert res.nfe > 0 and res.z.shape == kw["x"].shape and bool(torch.isfinite(res.z).all())
+    hutch = kw["estimator"] == "hutchinson"
+    assert (res.stderr is not None) == (hutch and kw.get("n_probes", 1) >= 2)
+    if not hutch:
+        # Exact divergence, exact score: logp is the noised Gaussian's log-density at t_min, up to the ODE tolerance
+        # (rtol/atol <= 1e-3 over 2-3 dims) and the prior's mismatch at T (VP/sub-VP: alpha(T)^2 S2 ~ 1e-5; VE:
+        # sigma_min^2 + S2 against sigma_max^2 = 2500, 1e-4 relative): 0.05 nats is 10x the largest of these seen.
+        sde, t0 = kw["sde"], float(kw.get("t_min") or kw["sde"].t_min)
+        tt = torch.tensor(t0, dtype=torch.float64)
+        var = float(sde.alpha(tt)) ** 2 * S2 + float(sde.sigma(tt)) ** 2
+        x64 = kw["x"].double().reshape(B, -1)
+        exact = -0.5 * (x64**2).sum(1) / var - 0.5 * x64.shape[1] * math.log(2 * math.pi * var)
+        assert torch.allclose(res.logp, exact, atol=0.05), (res.logp, exact, case)
+
+
+@fuzz(25)
+@given(ll_cases())
+def test_log_likelihood_valid(case):
+    _check_ll(case)
+
+
+@pytest.mark.parametrize("bad", LL_BAD)
+@fuzz(6)
+@given(data=st.data())
+def test_log_likelihood_hostile(bad, data):
+    _check_ll(data.draw(ll_cases(bad)))
+
+
+# ------------------------------------------------------------------------------------------ checkpoints
+import hashlib  # noqa: E402
+import shutil  # noqa: E402
+import struct  # noqa: E402
+import tempfile  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from scoresde.checkpoint import CheckpointError, load_checkpoint  # noqa: E402
+
+CKPT_FILES = ("config.json", "state.json", "model.safetensors", "optimizer.safetensors", "latest")
+
+
+@pytest.fixture(scope="module")
+def ckpt_run(tmp_path_factory):
+    from scoresde.data import load_dataset
+    from scoresde.nets import build_net
+    from scoresde.train import TrainConfig, Trainer
+
+    out = tmp_path_factory.mktemp("fuzz_ckpt") / "run"
+    torch.manual_seed(0)
+    net = build_net("mlp", dim=2, hidden=8, depth=1, emb_dim=8)
+    cfg = TrainConfig(steps=2, batch_size=32, warmup=1, log_every=1, ckpt_every=0, progress=False, verbose=False)
+    Trainer(scoresde.ScoreModel(net, VPSDE(), "eps"), load_dataset("gmm", n=128), cfg, out=out).fit()
+    return out
+
+
+def _paths(obj, prefix=(), depth=0):
+    """JSON paths into obj (lists: their first 3 items), the root excluded."""
+    out = []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj[:3]) if isinstance(obj, list) else ()
+    for k, v in items:
+        out.append(prefix + (k,))
+        if depth < 4:
+            out += _paths(v, prefix + (k,), depth + 1)
+    return out
+
+
+JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True)
+    | st.text(max_size=6),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3), max_leaves=4)
+
+ST_DTYPES = ["F32", "F64", "F16", "BF16", "I32", "I64", "U8", "BOOL", "F8_E4M3", "C64", "XX", ""]
+
+
+def _manifest(folder: Path, fname: str) -> None:
+    state = json.loads((folder / "state.json").read_text())
+    data = (folder / fname).read_bytes()
+    if isinstance(state.get("files"), dict):
+        state["files"][fname] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (folder / "state.json").write_text(json.dumps(state))
+
+
+@st.composite
+def ckpt_mutations(draw):
+    kind = draw(st.sampled_from(["json", "json", "json", "json", "header", "header", "bytes", "latest"]))
+    if kind == "json":
+        return kind, draw(st.sampled_from(["config.json", "state.json"])), draw(st.integers(0, 10**6)), \
+            draw(st.sampled_from(["set", "set", "delete"])), draw(JSON_VALUES)
+    if kind == "header":
+        return kind, draw(st.sampled_from(["model.safetensors", "optimizer.safetensors"])), draw(st.integers(0, 10**6)), \
+            draw(st.sampled_from(["dtype", "shape", "offsets", "add", "drop"])), \
+            (draw(st.sampled_from(ST_DTYPES)), draw(st.lists(st.integers(-1, 40), max_size=3)),
+             draw(st.lists(st.integers(-5, 10**7), min_size=0, max_size=3)))
+    if kind == "bytes":
+        return kind, draw(st.sampled_from(["model.safetensors", "optimizer.safetensors"])), draw(st.integers(0, 10**6)), \
+            draw(st.integers(1, 255)), None
+    return kind, "latest", 0, draw(st.sampled_from(["step-9999999", "../../etc", "", "step-0000002\nx", "\x00"])), None
+
+
+def _mutate(folder: Path, mutation) -> None:
+    kind, fname, pick, op, value = mutation
+    f = folder / fname
+    if kind == "latest":
+        (folder.parent / "latest").write_text(op)
+        return
+    if kind == "json":
+        obj = json.loads(f.read_text())
+        paths = _paths(obj)
+        path = paths[pick % len(paths)]
+        parent = obj
+        for k in path[:-1]:
+            parent = parent[k]
+        if op == "delete":
+            del parent[path[-1]]
+        else:
+            parent[path[-1]] = value
+        f.write_text(json.dumps(obj))
+        if fname != "state.json":
+            _manifest(folder, fname)
+        return
+    data = f.read_bytes()
+    if kind == "bytes":  # flip one byte of the tensor data (after the header)
+        n = struct.unpack("<Q", data[:8])[0]
+        body = bytearray(data)
+        if len(body) > 8 + n:
+            i = 8 + n + pick % (len(body) - 8 - n)
+            body[i] ^= op
+        f.write_bytes(bytes(body))
+        _manifest(folder, fname)
+        return
+    n = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + n])
+    names = sorted(k for k in header if k != "__metadata__")
+    dtype, shape, offsets = value
+    if names:
+        name = names[pick % len(names)]
+        if op == "dtype":
+            header[name]["dtype"] = dtype
+        elif op == "shape":
+            header[name]["shape"] = shape
+        elif op == "offsets":
+            header[name]["data_offsets"] = offsets
+        elif op == "drop":
+            del header[name]
+        else:
+            header[f"net.fuzz{pick}"] = {"dtype": dtype, "shape": shape, "data_offsets": offsets}
+    new = json.dumps(header).encode()
+    f.write_bytes(struct.pack("<Q", len(new)) + new + data[8 + n:])
+    _manifest(folder, fname)
+
+
+def _names_a_file(msg: str) -> bool:
+    return any(name in msg for name in CKPT_FILES) or "checkpoint" in msg
+
+
+@fuzz(200)
+@given(mutation=ckpt_mutations())
+def test_checkpoint_loading_survives_mutations(ckpt_run, mutation):
+    tmp = Path(tempfile.mkdtemp(prefix="fuzzck-"))
+    try:
+        run = tmp / "run"
+        shutil.copytree(ckpt_run, run)
+        folder = run / (ckpt_run / "latest").read_text().strip()
+        _mutate(folder, mutation)
+        try:
+            ck = load_checkpoint(run, ema=False)
+        except (ValueError, TypeError) as err:
+            assert isinstance(err, CheckpointError), f"{type(err).__name__} is not a CheckpointError: {err}"
+            assert _names_a_file(str(err)), str(err)
+            return
+        x = torch.randn(4, *(ck.data_shape or (2,)))  # a checkpoint without data_shape is allowed (not sampleable)
+        with torch.no_grad():
+            pred = ck.model(x, torch.full((4,), 0.5))
+        assert bool(torch.isfinite(pred.eps).all()), mutation  # what loads, works
+        from scoresde.train import Trainer
+
+        try:
+            tr = Trainer.resume(run, out=tmp / "resumed", steps=ck.step + 1)
+        except (ValueError, TypeError) as err:
+            assert _names_a_file(str(err)) or "data" in str(err), f"{type(err).__name__}: {err}"
+            return
+        assert math.isfinite(float(tr.train_step())), mutation  # what resumes, trains
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
