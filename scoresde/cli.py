@@ -14,8 +14,15 @@ import sys
 COMMANDS = ("demo", "train", "sample", "likelihood", "bench", "schedule")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors (``scoresde <command>: error: ...``, exit 2), not a usage block."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="scoresde",
         description="Score-based generative modelling in the SDE view: train, sample, compare samplers.",
     )
