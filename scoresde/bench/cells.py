@@ -148,14 +148,14 @@ def _split_top(text: str) -> list[str]:
         elif ch == ")":
             depth -= 1
             if depth < 0:
-                raise ValueError(f"unbalanced ')' in {text!r}")
+                raise ValueError(f"sampler list {text!r}: unbalanced ')'")
         if ch == "," and depth == 0:
             parts.append("".join(cur))
             cur = []
         else:
             cur.append(ch)
     if depth:
-        raise ValueError(f"unbalanced '(' in {text!r}")
+        raise ValueError(f"sampler list {text!r}: unbalanced '('")
     parts.append("".join(cur))
     return [p.strip() for p in parts if p.strip()]
 

@@ -3,7 +3,25 @@ checks they share on output paths."""
 
 from __future__ import annotations
 
+import argparse
 import os
+
+
+def int_arg(lo: int):
+    """An argparse ``type``: an integer >= ``lo``. A bad value is argparse's one-line error naming the flag
+    (``argument --seed: expected an integer >= 0; got -1``), before any work is done."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}; got {text!r}") from None
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"expected an integer >= {lo}; got {value}")
+        return value
+
+    parse.__name__ = f"integer >= {lo}"
+    return parse
 
 
 def check_output_dir(path: str, flag: str = "--out") -> str:

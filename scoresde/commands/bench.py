@@ -7,7 +7,7 @@ Under ``torchrun --nproc_per_node K scoresde bench ...`` the cells are split ove
 
 from __future__ import annotations
 
-from . import check_output_dir
+from . import check_output_dir, int_arg
 
 HELP = "benchmark samplers: quality (with noise floors), NFE, wall time and memory over a sweep; resumable"
 DESCRIPTION = __doc__
@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--max-timed-runs", type=int, default=5, help="at most this many timed runs per cell")
     p.add_argument("--retry-errors", action="store_true", help="run again the cells recorded as diverged")
     p.add_argument("--max-cells", type=int, default=None, help="stop after this many new cells")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--threads", type=int_arg(0), default=1, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--report-only", action="store_true", help="only rewrite table.md and the plots from the results")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -56,6 +56,10 @@ def _sweep(args):
     from scoresde.samplers import available
 
     base = QUICK if args.quick else DEFAULTS
+    for flag, value in (("--samplers", args.samplers), ("--steps", args.steps), ("--problems", args.problems),
+                        ("--seeds", args.seeds), ("--metrics", args.metrics)):
+        if value is not None and not value.strip(" ,"):  # an empty list is an error, not the default
+            raise ValueError(f"{flag} is empty; give at least one item, or leave the flag out for the default")
     if args.samplers:
         entries = parse_entries(args.samplers)
     elif args.quick:

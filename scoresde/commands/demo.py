@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 import time
 
-from . import check_output_dir
+from . import check_output_dir, int_arg
 
 HELP = "train a small model on 2-D data, sample it with several samplers, print a comparison and write a plot"
 
@@ -22,17 +22,17 @@ DEFAULT_SAMPLERS = "euler_maruyama:500,pc:250:norm=batch,ode:0,heun:10,ddim:20,d
 
 def add_arguments(p) -> None:
     p.add_argument("--out", default="runs/demo", help="output folder (checkpoint, samples, plot, table)")
-    p.add_argument("--train-steps", type=int, default=2000, help="training steps (MLP 128 wide, 2 blocks, batch 256)")
+    p.add_argument("--train-steps", type=int_arg(1), default=2000, help="training steps (MLP 128 wide, 2 blocks, batch 256)")
     from scoresde.sde import SDES
 
     p.add_argument("--sde", default="vp", choices=SDES.names(), help="the SDE")
     p.add_argument("--samplers", default=DEFAULT_SAMPLERS,
                    help="comma-separated NAME:STEPS[:KEY=VALUE...] (STEPS 0 = the sampler's default or adaptive; "
                         "options as in scoresde.sample, e.g. pc:250:norm=batch or ddim:20:eta=1)")
-    p.add_argument("-n", type=int, default=2000, help="samples per sampler")
-    p.add_argument("--seed", type=int, default=0, help="seed for training and sampling")
+    p.add_argument("-n", type=int_arg(1), default=2000, help="samples per sampler")
+    p.add_argument("--seed", type=int_arg(0), default=0, help="seed for training and sampling")
     p.add_argument("--exact", action="store_true", help="skip training: sample the exact mixture score")
-    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
+    p.add_argument("--threads", type=int_arg(0), default=0, help="torch threads (0 = torch's default)")
 
 
 def run(args) -> int:
@@ -106,6 +106,8 @@ def _plan(text: str):
             steps = int(steps) if steps else 0
         except ValueError:
             raise ValueError(f"--samplers: {item!r}: STEPS must be an integer; got {steps!r}") from None
+        if steps < 0:
+            raise ValueError(f"--samplers: {item!r}: STEPS must be >= 0 (0: the sampler's default); got {steps}")
         opts = {}
         for kv in rest[1:]:
             key, eq, value = kv.partition("=")

@@ -19,7 +19,7 @@ import json
 import math
 import os
 
-from . import check_output_file
+from . import check_output_file, int_arg
 
 HELP = "PF-ODE log-likelihood of a data file under a checkpoint (nats, nats/dim; bits/dim for pixels)"
 
@@ -38,7 +38,7 @@ def add_arguments(p) -> None:
     p.add_argument("--t-min", type=float, default=None, help="start time (default: the SDE's t_min)")
     p.add_argument("--batch-size", type=int, default=256, help="samples per ODE solve")
     p.add_argument("--limit", type=int, default=0, help="use only the first N samples (0 = all)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the probes and of the dequantisation noise")
+    p.add_argument("--seed", type=int_arg(0), default=0, help="seed of the probes and of the dequantisation noise")
     p.add_argument("--device", default="cpu", help="torch device")
     p.add_argument("--out", default=None, help="write a JSON summary (and per-sample values) here")
 
@@ -50,6 +50,8 @@ def load_data(path: str, key: str | None = None):
     if not os.path.isfile(path):
         raise FileNotFoundError(f"--data {path!r} is not a file")
     if path.endswith(".npy"):
+        if key is not None:
+            raise ValueError(f"--key applies to .npz files; --data {path!r} is a .npy file (it holds one array)")
         return np.load(path, allow_pickle=False)
     if not path.endswith(".npz"):
         raise ValueError(f"--data must be a .npy or .npz file; got {path!r}")

@@ -16,7 +16,7 @@ import json
 import os
 import time
 
-from . import check_output_file
+from . import check_output_file, int_arg
 
 HELP = "draw samples from a trained checkpoint with any sampler; write .npz (data space) and a PNG"
 DESCRIPTION = __doc__
@@ -51,7 +51,7 @@ def add_arguments(p) -> None:
     p.add_argument("--png", default=None,
                    help="the PNG to write (scatter for 2-D, image grid for images; default: OUT with .png)")
     p.add_argument("--no-png", action="store_true", help="write only the .npz")
-    p.add_argument("--seed", type=int, default=0, help="seed of the per-sample seeds")
+    p.add_argument("--seed", type=int_arg(0), default=0, help="seed of the per-sample seeds")
     p.add_argument("--batch-size", type=int, default=0, help="samples per batch (0: all at once)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     p.add_argument("--schedule", default=None, choices=list(SCHEDULES), help="time grid (default: the sampler's)")
@@ -61,7 +61,7 @@ def add_arguments(p) -> None:
                    help="class label for a class-conditional net (default: cycle through all classes)")
     p.add_argument("--option", type=_option, action="append", default=[], metavar="KEY=VALUE",
                    help="a sampler option (repeatable), e.g. --option eta=0.5")
-    p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--threads", type=int_arg(0), default=0, help="torch CPU threads (0 = torch's default)")
     p.add_argument("--progress", action="store_true", help="progress bar per batch")
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from . import int_arg
+
 HELP = "write a time-grid file: optimised for a sampler and NFE budget (GITS-style), published (AYS) or standard"
 DESCRIPTION = __doc__
 
@@ -33,20 +35,20 @@ def add_arguments(p) -> None:
                    "(gives the SDE and the model)")
     p.add_argument("--out", required=True, help="the grid file to write (JSON)")
     p.add_argument("--sampler", default=None, help="sampler to optimise for, with options, e.g. 'unipc(order=3)'")
-    p.add_argument("--nfe", type=int, default=None, help="network evaluations of a run, the final denoising step included")
+    p.add_argument("--nfe", type=int_arg(1), default=None, help="network evaluations of a run, the final denoising step included")
     p.add_argument("--no-denoise", action="store_true", help="budget without the final denoising step")
     p.add_argument("--published", default=None, choices=sorted(PUBLISHED), help="write this published grid instead")
     p.add_argument("--schedule", default=None, choices=SCHEDULES, help="write this standard grid instead")
     p.add_argument("--steps", type=int, default=None, help="steps of a --published or --schedule grid")
-    p.add_argument("--n-samples", type=int, default=256, help="x_T the grid is fitted on")
-    p.add_argument("--n-validate", type=int, default=256, help="other x_T it is scored on (0: none)")
-    p.add_argument("--candidates", type=int, default=120, help="intervals of the fine log-SNR candidate grid")
+    p.add_argument("--n-samples", type=int_arg(1), default=256, help="x_T the grid is fitted on")
+    p.add_argument("--n-validate", type=int_arg(0), default=256, help="other x_T it is scored on (0: none)")
+    p.add_argument("--candidates", type=int_arg(1), default=120, help="intervals of the fine log-SNR candidate grid")
     p.add_argument("--cost", default="euler", choices=["euler", "sampler"], help="one-step cost of the dynamic programme")
     p.add_argument("--objective", default="mean", choices=OBJECTIVES, help="reduction of the per-sample pathwise errors")
     p.add_argument("--no-refine", action="store_true", help="stop after the dynamic programme")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fitted x_T (validation uses seed + 1)")
+    p.add_argument("--seed", type=int_arg(0), default=0, help="seed of the fitted x_T (validation uses seed + 1)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--threads", type=int, default=1, help="torch CPU threads (0 = torch's default)")
+    p.add_argument("--threads", type=int_arg(0), default=1, help="torch CPU threads (0 = torch's default)")
 
 
 def run(args) -> int:
@@ -59,6 +61,9 @@ def run(args) -> int:
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    from scoresde.distributed import pick_device
+
+    pick_device(args.device)  # checked in every mode (only the optimiser uses it)
     modes = [m for m in ("published", "schedule", "sampler") if getattr(args, m)]
     if len(modes) != 1:
         raise ValueError(f"give exactly one of --sampler (optimise), --published or --schedule; got {modes or 'none'}")

@@ -19,7 +19,7 @@ import signal
 import sys
 import time
 
-from . import check_output_dir
+from . import check_output_dir, int_arg
 
 HELP = "train a score model (MLP or U-Net) by denoising score matching; checkpoints, snapshots, exact resume, torchrun"
 DESCRIPTION = __doc__
@@ -59,8 +59,9 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("data and model")
     g.add_argument("--data", default="moons", metavar="NAME|PATH",
                    help=f"a built-in data set ({', '.join(datasets)}), a .npy/.npz array file or an image folder")
-    g.add_argument("--n-data", type=int, default=None, help="number of examples to draw/load (None: the data set's default)")
-    g.add_argument("--data-seed", type=int, default=0, help="seed of the data set draw")
+    g.add_argument("--n-data", type=int_arg(1), default=None,
+                   help="number of examples to draw/load (None: the data set's default)")
+    g.add_argument("--data-seed", type=int_arg(0), default=0, help="seed of the data set draw")
     g.add_argument("--net", default="mlp", choices=nets, help="network architecture")
     g.add_argument("--net-kwargs", type=_json_arg, default={}, metavar="JSON",
                    help="more net constructor arguments, e.g. '{\"hidden\": 128, \"depth\": 4}' "
@@ -95,7 +96,7 @@ def add_arguments(p) -> None:
     g.add_argument("--amp", default=d.amp, choices=AMP_MODES, help="autocast precision (CUDA only)")
     g.add_argument("--seed", type=int, default=d.seed, help="seed of the init, data order and loss noise")
     g.add_argument("--device", default=d.device, help="auto, cpu, cuda, cuda:1, ...")
-    g.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = torch's default)")
+    g.add_argument("--threads", type=int_arg(0), default=0, help="torch CPU threads (0 = torch's default)")
 
     g = p.add_argument_group("outputs")
     g.add_argument("--out", required=True, help="run folder (checkpoints step-N/, latest, snapshots/)")
