@@ -67,6 +67,11 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
+    except OSError as err:  # a full disk, a quota, a file-size limit: say which file, and that nothing was replaced
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise OSError(err.errno, f"cannot write {path!r} ({len(data):,} bytes): {err.strerror or err}; nothing was "
+                                 "replaced (a previous file there is unchanged)") from None
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return int(args._run(args) or 0)
-    except (ValueError, TypeError, FileNotFoundError) as err:
+    except (ValueError, TypeError, OSError) as err:  # OSError: a missing file, a full disk, no permission
         print(f"scoresde {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

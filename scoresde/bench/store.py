@@ -108,11 +108,21 @@ class ResultStore:
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one complete line, flushed and fsync'ed; then refresh the CSV (main store only)."""
-        line = json.dumps(record, sort_keys=True) + "\n"
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(line)
-            fh.flush()
-            os.fsync(fh.fileno())
+        line = (json.dumps(record, sort_keys=True) + "\n").encode("utf-8")
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)  # the umask applies
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:  # an unbuffered write may be partial
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            except OSError as err:  # a full disk: take the partial line back, so the file holds whole records only
+                os.ftruncate(fd, start)
+                raise OSError(err.errno, f"cannot append the record of cell {record.get('key')!r} to {self.path!r}: "
+                                         f"{err.strerror or err}; the results so far are intact") from None
+        finally:
+            os.close(fd)
         if not self.is_shard:
             self.write_csv()
 
