@@ -350,3 +350,18 @@ def test_a_full_disk_while_appending_a_result_leaves_whole_records(tmp_path, mon
     monkeypatch.undo()
     assert (tmp_path / "results.jsonl").read_bytes() == before
     assert [r["key"] for r in s.records()] == ["a"]
+
+
+def test_written_files_take_the_umask_mode(ckpt, tmp_path):
+    """Every output file has the mode an ordinary open() would give (0o666 & ~umask), not mkstemp's 0600."""
+    old = os.umask(0o027)
+    try:
+        assert _cli("sample", "--checkpoint", ckpt, "--steps", 2, "-n", 8, "--out", tmp_path / "s.npz") == 0
+        assert _cli("train", "--data", "moons", "--n-data", 64, "--net-kwargs", '{"hidden": 8, "depth": 1}', "--steps", 1,
+                    "--batch-size", 32, "--out", tmp_path / "run", "--quiet", "--no-progress", "--threads", 1) == 0
+    finally:
+        os.umask(old)
+    files = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert len(files) >= 8  # the .npz, its .png, a checkpoint's five files, latest, the run manifest
+    modes = {str(p.relative_to(tmp_path)): oct(p.stat().st_mode & 0o777) for p in files}
+    assert set(modes.values()) == {oct(0o640)}, modes
