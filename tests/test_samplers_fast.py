@@ -172,11 +172,11 @@ def test_dpmpp_3m_midpoint_first_step_restores_third_order():
         assert slopes["fixed"] >= 2.8 and slopes["default"] < 2.3, (type(sde).__name__, slopes)
 
 
-def test_dpmpp_3m_midpoint_has_no_table_and_bad_first_step_is_named():
+def test_dpmpp_3m_bad_first_step_is_named():
     sde = VPSDE()
     ts = make_grid(sde, 8, "logsnr")
-    with pytest.raises(ValueError, match="first_step='midpoint' has no coefficient table"):
-        get("dpmpp_3m").coefficients(sde, ts, first_step="midpoint")
+    with pytest.raises(ValueError, match=r"first_step='rk4' is not one of the accepted values"):
+        get("dpmpp_3m").coefficients(sde, ts, first_step="rk4")
     with pytest.raises(ValueError, match=r"first_step='rk4' is not one of the accepted values: 'ddim', 'midpoint'"):
         sample(GAUSS.model(sde), sde, (2, 3), "dpmpp_3m", 4, first_step="rk4")
 

@@ -26,9 +26,12 @@ from torch import Tensor
 from .._utils import check_choice
 from ..sde import LinearSDE
 from .registry import register
-from .tables import CoefficientTable, make_table
+from .tables import CoefficientTable, StageTable, TableBuilder, make_table
 
-__all__ = ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "phi", "SOLVER_TYPES", "UNIPC_VARIANTS", "FIRST_STEPS"]
+__all__ = [
+    "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "phi", "SOLVER_TYPES", "UNIPC_VARIANTS", "FIRST_STEPS",
+    "unipc_coefficients",
+]
 
 SOLVER_TYPES = ("dpmsolver", "taylor")
 UNIPC_VARIANTS = ("bh1", "bh2")
@@ -199,14 +202,12 @@ def dpmpp_2m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
 
 def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
                           lower_order_final: bool = True, reference_d2: bool = False,
-                          first_step: str = "ddim") -> CoefficientTable:
-    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`); ``first_step="ddim"`` only."""
+                          first_step: str = "ddim") -> CoefficientTable | StageTable:
+    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`); with ``first_step="midpoint"`` a
+    :class:`StageTable` whose first row also calls the model at the lambda midpoint."""
     _check_dpmpp("dpmpp_3m", solver_type, lower_order_final)
     _check_bool("reference_d2", reference_d2, "dpmpp_3m")
     check_choice("first_step", first_step, FIRST_STEPS)
-    if first_step != "ddim":
-        raise ValueError(f"first_step={first_step!r} has no coefficient table: its first step calls the model a second "
-                         "time at the lambda midpoint, not at a grid state; use the eager sampler (or first_step='ddim')")
     k2 = 1.0 if reference_d2 else 2.0
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     w1, w2m, w2, w3 = _dpmpp_weights(alpha[1:], h, solver_type)
@@ -224,7 +225,23 @@ def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpm
             b[i, 0] += e0 / r0[i]
             b[i, 1] += -e0 / r0[i] + e1 / r1[i]
             b[i, 2] += -e1 / r1[i]
-    return make_table("dpmpp_3m", sde, ts, sigma[1:] / sigma[:-1], b)
+    ratio = sigma[1:] / sigma[:-1]
+    if first_step == "ddim":
+        return make_table("dpmpp_3m", sde, ts, ratio, b)
+    # DPM-Solver++(2S) first step: a call at the state, a call at the lambda midpoint, then the step
+    # with the midpoint's prediction; the later steps use the grid predictions only (K = 4 keeps
+    # m_{i-2} past the midpoint's entry).
+    t_mid = sde.inverse_lambda(sde.lam(ts[:1]) + 0.5 * h[:1])
+    ratio_mid = float(sde.sigma(t_mid)[0] / sigma[0])
+    w1_mid = float(sde.alpha(t_mid)[0] * 0.5 * h[0] * phi(1, -0.5 * h[:1])[0])
+    tb = TableBuilder("dpmpp_3m", ts, 4)
+    tb.call(0, ts[0])
+    tb.call("mid", t_mid[0], x=ratio_mid, terms={0: w1_mid})
+    tb.update(ratio[0], {"mid": w1[0]}, t_start=ts[0], t_end=ts[1], step=0)
+    for i in range(1, len(h)):
+        tb.call(i, ts[i])
+        tb.update(ratio[i], {i - k: b[i, k] for k in range(min(3, i + 1))}, t_start=ts[i], t_end=ts[i + 1], step=i)
+    return tb.build(sde)
 
 
 @register("dpmpp_3m", kind="ode", order=3, stochastic=False, nfe_per_step="1", default_steps=20,
@@ -354,8 +371,39 @@ def _unipc_plan(sde, ts, order, variant, lower_order_final):
     return alpha, sigma, h, B, plan
 
 
+def unipc_coefficients(sde: LinearSDE, ts: Tensor, *, order: int = 2, variant: str = "bh2",
+                       lower_order_final: bool = True) -> StageTable:
+    """UniPC as a table (see :func:`unipc`): each step's call is made at the UniP point, and its
+    prediction both corrects the step (UniC) and starts the next one."""
+    check_choice("order", order, UNIPC_ORDERS)
+    check_choice("variant", variant, UNIPC_VARIANTS)
+    _check_bool("lower_order_final", lower_order_final, "unipc")
+    alpha, sigma, h, B, plan = _unipc_plan(sde, ts, order, variant, lower_order_final)
+    ratio, w1, aB = (v.tolist() for v in (sigma[1:] / sigma[:-1], alpha[1:] * h * phi(1, -h), alpha[1:] * B))
+    tb = TableBuilder("unipc", ts, order + 1)
+    tb.call(0, ts[0])  # m[k] of the eager loop is the prediction labelled i - k (label i + 1: at t_{i+1})
+    for i, (rks, rho_p, rho_c) in enumerate(plan):
+        rks, rho_p, rho_c = rks.tolist(), rho_p.tolist(), rho_c.tolist()
+        # UniP: x_pred = ratio x + w1 m0 - aB sum_k rho_p[k] (m[k+1] - m0) / r_k.
+        pred = {i: w1[i]}
+        for k, r in enumerate(rks):
+            pred[i] += aB[i] * rho_p[k] / r
+            pred[i - k - 1] = pred.get(i - k - 1, 0.0) - aB[i] * rho_p[k] / r
+        if i == len(plan) - 1:  # no corrector on the last step
+            tb.update(ratio[i], pred, t_start=ts[i], t_end=ts[i + 1], step=i)
+            continue
+        tb.call(i + 1, ts[i + 1], x=ratio[i], terms=pred)
+        # UniC: x = ratio x + w1 m0 - aB (sum_k rho_c[k] (m[k+1] - m0) / r_k + rho_c[-1] (m_t - m0)).
+        corr = {i + 1: -aB[i] * rho_c[-1], i: w1[i] + aB[i] * rho_c[-1]}
+        for k, r in enumerate(rks):
+            corr[i] += aB[i] * rho_c[k] / r
+            corr[i - k - 1] = corr.get(i - k - 1, 0.0) - aB[i] * rho_c[k] / r
+        tb.update(ratio[i], corr, t_start=ts[i], t_end=ts[i + 1], step=i)
+    return tb.build(sde)
+
+
 @register("unipc", kind="ode", order=3, stochastic=False, nfe_per_step="1", default_steps=10,
-          default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",),
+          default_schedule="logsnr", exact_for_point_mass=True, needs=("lam",), coefficients=unipc_coefficients,
           paper="Zhao et al. 2023 (UniPC), UniP-p + UniC-p, B(h) variants")
 def unipc(model, sde: LinearSDE, x, ts, *, noise, callback, order: int = 2, variant: str = "bh2",
           lower_order_final: bool = True):

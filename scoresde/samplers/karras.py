@@ -19,9 +19,9 @@ from torch import Tensor
 
 from ..sde import LinearSDE
 from .registry import register
-from .tables import CoefficientTable, make_table
+from .tables import CoefficientTable, StageTable, TableBuilder, make_table
 
-__all__ = ["heun", "edm_sde", "euler_ancestral", "euler_ancestral_coefficients"]
+__all__ = ["heun", "edm_sde", "euler_ancestral", "euler_ancestral_coefficients", "heun_coefficients", "edm_sde_coefficients"]
 
 
 def _scaled_grid(sde: LinearSDE, ts: Tensor) -> tuple[Tensor, Tensor]:
@@ -42,8 +42,28 @@ def _cast(x: Tensor, *vs: Tensor) -> list[Tensor]:
     return [v.to(device=x.device, dtype=x.dtype) for v in vs]
 
 
+def _heun_row(b: TableBuilder, i: int, t0, t1, alpha0, alpha1, s0, s1) -> None:
+    """One EDM Heun step from (t0, sigma~ s0) to (t1, s1) in x = alpha x~: a call at the state, a
+    call at the Euler point alpha1 (r xt + (1 - r) x0), r = s1/s0, and the trapezoidal update
+    x' = alpha1 (r xt + (D/2)(1/s1 - 2/s0) x0 - (D/2s1) x0'), D = s1 - s0."""
+    r, D = s1 / s0, s1 - s0
+    b.call(("x0", i), t0)
+    b.call(("x0'", i), t1, x=alpha1 * r / alpha0, terms={("x0", i): alpha1 * (1.0 - r)})
+    b.update(alpha1 * r / alpha0, {("x0'", i): -alpha1 * 0.5 * D / s1, ("x0", i): alpha1 * 0.5 * D * (1.0 / s1 - 2.0 / s0)},
+             t_start=t0, t_end=t1, step=i)
+
+
+def heun_coefficients(sde: LinearSDE, ts: Tensor) -> StageTable:
+    """EDM's Heun sampler as a table: two calls per step, the second at the Euler point (see :func:`heun`)."""
+    alpha, s = (v.tolist() for v in _scaled_grid(sde, ts))
+    b = TableBuilder("heun", ts, 2)
+    for i in range(len(ts) - 1):
+        _heun_row(b, i, ts[i], ts[i + 1], alpha[i], alpha[i + 1], s[i], s[i + 1])
+    return b.build(sde)
+
+
 @register("heun", kind="ode", order=2, stochastic=False, nfe_per_step="2", default_steps=17,
-          default_schedule="karras", exact_for_point_mass=True, needs=("sigma_tilde",),
+          default_schedule="karras", exact_for_point_mass=True, needs=("sigma_tilde",), coefficients=heun_coefficients,
           paper="Karras et al. 2022 (EDM), Alg. 1")
 def heun(model, sde: LinearSDE, x, ts, *, noise, callback):
     """EDM deterministic sampler (Karras et al. 2022, Alg. 1); order 2, 2 NFE per step (17 steps + denoise = EDM's 35 NFE)."""
@@ -81,9 +101,30 @@ def _churn_plan(sde: LinearSDE, ts: Tensor, S_churn: float, S_tmin: float, S_tma
     return gamma, t_hat, churned
 
 
+def edm_sde_coefficients(sde: LinearSDE, ts: Tensor, *, S_churn: float = 0.0, S_tmin: float = 0.0,
+                         S_tmax: float = math.inf, S_noise: float = 1.0) -> StageTable:
+    """EDM's stochastic sampler as a table: on a churned step a row without calls adds the noise
+    (x_hat = alpha_hat (x / alpha + churn z)), then a Heun row from t_hat (see :func:`edm_sde`)."""
+    S_churn = _check_number("S_churn", S_churn, "edm_sde")
+    S_tmin = _check_number("S_tmin", S_tmin, "edm_sde")
+    S_tmax = _check_number("S_tmax", S_tmax, "edm_sde", lo=S_tmin, allow_inf=True)
+    S_noise = _check_number("S_noise", S_noise, "edm_sde")
+    gamma, t_hat, churned = _churn_plan(sde, ts, S_churn, S_tmin, S_tmax)
+    alpha, s = _scaled_grid(sde, ts)
+    s_hat = s[:-1] * (1.0 + gamma)
+    churn = s[:-1] * torch.sqrt(gamma * (2.0 + gamma)) * S_noise
+    alpha, s, s_hat, alpha_hat, churn, t_hat = (v.tolist() for v in (alpha, s, s_hat, sde.alpha(t_hat), churn, t_hat))
+    b = TableBuilder("edm_sde", ts, 2)
+    for i in range(len(ts) - 1):
+        if churned[i]:
+            b.update(alpha_hat[i] / alpha[i], c=alpha_hat[i] * churn[i], draw=True, t_start=ts[i], t_end=t_hat[i], step=None)
+        _heun_row(b, i, t_hat[i], ts[i + 1], alpha_hat[i], alpha[i + 1], s_hat[i], s[i + 1])
+    return b.build(sde, noise_scale=S_noise)
+
+
 @register("edm_sde", kind="sde", order=2, stochastic=False, nfe_per_step="2", default_steps=17,
           default_schedule="karras", exact_for_point_mass=True, needs=("sigma_tilde", "t_from_sigma_tilde"),
-          paper="Karras et al. 2022 (EDM), Alg. 2")
+          coefficients=edm_sde_coefficients, paper="Karras et al. 2022 (EDM), Alg. 2")
 def edm_sde(model, sde: LinearSDE, x, ts, *, noise, callback, S_churn: float = 0.0, S_tmin: float = 0.0,
             S_tmax: float = math.inf, S_noise: float = 1.0):
     """EDM stochastic sampler (Karras et al. 2022, Alg. 2); 2 NFE per step; S_churn=0 (default) is Alg. 1 (order 2)."""

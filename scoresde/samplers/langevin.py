@@ -15,8 +15,9 @@ from torch import Tensor
 from .._utils import append_dims
 from ..sde import LinearSDE
 from .registry import register
+from .tables import StageTable, TableBuilder
 
-__all__ = ["ald", "langevin_move", "langevin_corrector", "ald_corrector", "NORMS"]
+__all__ = ["ald", "ald_coefficients", "langevin_move", "langevin_corrector", "ald_corrector", "NORMS"]
 
 #: how the Langevin corrector's ||z|| / ||score|| ratio is taken.
 NORMS = ("per_sample", "batch")
@@ -63,7 +64,24 @@ def _check_ald(eps: float, n_steps_each: int, sigma_last: float) -> None:
         )
 
 
+def ald_coefficients(sde: LinearSDE, ts, *, eps: float = 2e-5, n_steps_each: int = 100) -> StageTable:
+    """Annealed Langevin dynamics as a table: each move x <- (1 - s/sigma^2) x + (s alpha/sigma^2) x0 + sqrt(2 s) z."""
+    sigma2, alpha = sde.sigma(ts) ** 2, sde.alpha(ts)
+    _check_ald(eps, n_steps_each, float(sigma2[-1]) ** 0.5)
+    steps = eps * sigma2 / sigma2[-1]
+    b = TableBuilder("ald", ts, 1)
+    for level in range(len(ts)):
+        s = steps[level]
+        a, w, c = 1.0 - s / sigma2[level], s * alpha[level] / sigma2[level], torch.sqrt(2.0 * s)
+        for k in range(n_steps_each):
+            b.call(k, ts[level])
+            last = k == n_steps_each - 1 and level > 0
+            b.update(a, {k: w}, c=c, draw=True, t_start=ts[level], t_end=ts[level], step=level - 1 if last else None)
+    return b.build(sde, point_mass=False)
+
+
 @register("ald", kind="langevin", order=None, stochastic=True, default_steps=9, default_schedule="logsnr",
+          coefficients=ald_coefficients,
           nfe_per_step="n_steps_each per noise level; steps + 1 levels",
           paper="Song & Ermon 2019, Alg. 1 (NCSN annealed Langevin dynamics)")
 def ald(model, sde: LinearSDE, x, ts, *, noise, callback, eps: float = 2e-5, n_steps_each: int = 100):
