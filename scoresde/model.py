@@ -152,6 +152,10 @@ class ScoreModel(nn.Module):
     def reset_nfe(self) -> None:
         self.nfe = 0
 
+    def count(self, calls: int = 1) -> None:
+        """Add network calls made outside :meth:`forward` (engines that call ``net`` themselves)."""
+        self.__dict__["nfe"] += int(calls)
+
     def _c_noise(self, t: Tensor) -> Tensor:
         sde, mode = self.sde, self.noise_input
         if mode == "t":
@@ -241,7 +245,7 @@ class ScoreModel(nn.Module):
             kind = p
         self._check_shape(out, x)
         out = out.to(x.dtype)
-        self.__dict__["nfe"] += 1  # (nn.Module.__setattr__ costs more than the rest of this bookkeeping)
+        self.count()  # past nn.Module.__setattr__, which costs more than the rest of this bookkeeping
         if self._deferred is not None:
             # No host sync: keep a device flag per call, inspected when the deferred block ends.
             self._deferred.append((self.nfe, torch.isfinite(out).all(), t))

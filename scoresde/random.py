@@ -170,6 +170,18 @@ def _round_keys(seeds: Tensor) -> Tensor:
     return _as_i32((k[None] + bumps[:, :, None]) & _MASK32)[:, :, None, :, None]
 
 
+_MULT_CACHE: dict[torch.device, Tensor] = {}
+
+
+def _multipliers(device: torch.device) -> Tensor:
+    """(2, 1, 1, 1, 1) int64 Philox multipliers on ``device``, made once per device (so that a draw
+    inside a CUDA graph capture makes no host-to-device copy)."""
+    M = _MULT_CACHE.get(device)
+    if M is None:
+        M = _MULT_CACHE[device] = torch.tensor(_MULT, dtype=torch.int64, device=device)[:, None, None, None, None]
+    return M
+
+
 def _philox_words(keys: Tensor, draws: Tensor, nb: int) -> Tensor:
     """(4, L, B, nb) int64 words for counters (block j, draw lo, draw hi, 0x5C0E5DE).
 
@@ -186,7 +198,7 @@ def _philox_words(keys: Tensor, draws: Tensor, nb: int) -> Tensor:
     X = torch.stack([j.expand(shape), ((draws >> 32) & _MASK32).to(i32).expand(shape)])
     Y = torch.stack([_as_i32(draws & _MASK32).expand(shape), torch.full(shape, 0x5C0E5DE, device=dev, dtype=i32)])
     zero = torch.zeros_like(X)
-    M = torch.tensor(_MULT, dtype=torch.int64, device=dev)[:, None, None, None, None]
+    M = _multipliers(dev)
     for r in range(_ROUNDS):
         # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0) with (hi_q, lo_q) = M_q * X_q.
         wide = torch.stack([X, zero], dim=-1).view(torch.int64)  # (2, L, B, nb, 1): X as unsigned int64
