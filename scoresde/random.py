@@ -224,13 +224,14 @@ def _normals(keys: Tensor, draws: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     """(L, B, n) standard normals of the given draws (Box-Muller exactly as the reference)."""
     nb = (n + 3) // 4
     w = _philox_words(keys, draws, nb) if _LITTLE_ENDIAN else _philox_words_portable(keys, draws, nb)
-    u = (w.to(torch.float64) + 0.5) * (1.0 / 4294967296.0)
+    pairs = 1 if n <= 2 else 2  # n <= 2: only the first word pair of the one block is used
+    u = (w[: 2 * pairs].to(torch.float64) + 0.5) * (1.0 / 4294967296.0)
     rad = torch.sqrt(-2.0 * torch.log(u[0::2]))  # from words 0 and 2
     ang = 2 * math.pi * u[1::2]  # from words 1 and 3
     # (rad0 cos, rad0 sin, rad1 cos, rad1 sin): element 4 j + q of a sample is pair q // 2
-    z = torch.stack([rad * torch.cos(ang), rad * torch.sin(ang)], dim=1)  # (2 pairs, cos/sin, L, B, nb)
+    z = torch.stack([rad * torch.cos(ang), rad * torch.sin(ang)], dim=1)  # (pairs, cos/sin, L, B, nb)
     L, B = z.shape[2], z.shape[3]
-    z = z.reshape(4, L, B, nb).permute(1, 2, 3, 0).reshape(L, B, nb * 4)
+    z = z.reshape(2 * pairs, L, B, nb).permute(1, 2, 3, 0).reshape(L, B, nb * 2 * pairs)
     return z[..., :n].to(dtype).contiguous()
 
 

@@ -36,40 +36,117 @@ class Executor:
         return None
 
 
+_OUT, _Z = "out", "z"  # placeholders for the launch's dynamic operands
+
+
 class TorchExecutor(Executor):
-    """Plain torch, in place: coefficients stay Python floats (host side, no device reads), a
-    launch is a few ``mul_`` / ``add_(alpha=w)`` calls, the history is a ring of register slots."""
+    """Plain torch, in place, with coefficients as Python floats (host side, no device reads).
+
+    The launch's operations are worked out once, at setup, as a list of ``add(alpha=)`` /
+    ``mul_`` / ``add_(alpha=)`` calls on bound register views, with two savings: the new
+    prediction ``x0 = w_src R[src] + w_out out`` is folded into the terms that use it in its own
+    launch (``x <- (a + b w_src) x + b w_out out``: DDIM's step is 2 operations), and it is stored
+    only when a later launch reads it, as ``y = R[src] + (w_out / w_src) out`` (1 operation) with
+    the factor w_src moved into the weights that read it. The history is a ring of register slots.
+    """
+
+    def setup(self, R, plan, noise, dtype):
+        super().setup(R, plan, noise, dtype)
+        self.regs = regs = list(R.unbind(0))
+        launches = plan.launches
+        K = plan.K
+        # Liveness: which pushes are read by a later launch (logical history, newest first).
+        hist_ids: list[int] = []
+        later_use: set[int] = set()
+        for j, op in enumerate(launches):
+            if op.push is not None:
+                hist_ids = ([j] + hist_ids)[:K]
+            for s in op.assigns:
+                for k, w in enumerate(s.wh):
+                    if w != 0.0 and k < len(hist_ids) and hist_ids[k] != j:
+                        later_use.add(hist_ids[k])
+        free = list(range(2, 2 + K))
+        hist: list[dict] = []  # newest first: {"id", "slot", "scale", "src"}
+        self._ops = []
+        for j, op in enumerate(launches):
+            ops: list[tuple] = []
+            entry = None
+            if op.push is not None:
+                src, ws, wo = op.push
+                entry = {"id": j, "slot": None, "scale": 1.0, "src": src, "ws": ws, "wo": wo}
+                # Also stored when its own launch reads it after changing its source register.
+                changed, late_read = set(), False
+                for s in op.assigns:
+                    if s.wh[0] != 0.0 and src in changed:
+                        late_read = True
+                    changed.add(s.target)
+                if len(hist) == K:  # the oldest entry falls off the history (never read after this push)
+                    old = hist.pop()
+                    if old["slot"] is not None:
+                        free.append(old["slot"])
+                if j in later_use or late_read:
+                    slot = free.pop()
+                    entry["slot"] = slot
+                    if ws != 0.0:
+                        ops.append(("addout", regs[src], wo / ws, regs[slot]))  # y = src + (wo/ws) out
+                        entry["scale"] = ws
+                    else:
+                        ops.append(("mulout", _OUT, wo, regs[slot]))
+                hist.insert(0, entry)
+            changed = set()
+            for s in op.assigns:
+                w_reg = {X: s.wx, U: s.wu}
+                terms: list[tuple] = []  # (weight, tensor or placeholder)
+                for k, w in enumerate(s.wh):
+                    if w == 0.0:
+                        continue
+                    e = hist[k]
+                    if e is entry and e["src"] not in changed:  # folded: w x0 = w ws src + w wo out
+                        w_reg[e["src"]] += w * e["ws"]
+                        terms.append((w * e["wo"], _OUT))
+                    elif e["slot"] is not None:
+                        terms.append((w * e["scale"], regs[e["slot"]]))
+                    else:  # cannot happen: liveness stores every entry read after its launch
+                        raise AssertionError(f"table {plan.name!r}: history entry {k} read but not stored")
+                terms = [(w, regs[r]) for r, w in w_reg.items() if w != 0.0 and r != s.target] + terms
+                if s.wz != 0.0:
+                    terms.append((s.wz, _Z))
+                own, tgt = w_reg[s.target], regs[s.target]
+                if own == 0.0:
+                    if not terms:
+                        ops.append(("zero", None, 0.0, tgt))
+                        changed.add(s.target)
+                        continue
+                    w, v = terms.pop(0)
+                    ops.append(("mulout", v, w, tgt))
+                elif own != 1.0:
+                    ops.append(("mul", None, own, tgt))
+                ops.extend(("add", v, w, tgt) for w, v in terms)
+                changed.add(s.target)
+            self._ops.append(ops)
 
     def reset(self):
-        self.hist = list(range(2, 2 + self.plan.K))  # physical slots, newest first
+        self._next = 0
 
     def launch(self, op, out, z):
-        R, hist = self.R, self.hist
-        if op.push is not None:
-            src, ws, wo = op.push
-            slot = hist.pop()
-            r = R[slot]
-            torch.mul(out, wo, out=r)
-            if ws != 0.0:
-                r.add_(R[src], alpha=ws)
-            hist.insert(0, slot)
-        for a in op.assigns:
-            tgt = R[a.target]
-            terms = [(a.wx, X), (a.wu, U)] + [(w, hist[k]) for k, w in enumerate(a.wh)]
-            own = a.wx if a.target == X else a.wu
-            rest = [(w, R[s]) for w, s in terms if w != 0.0 and s != a.target]
-            if a.wz != 0.0:
-                rest.append((a.wz, z))
-            if own == 0.0:
-                if not rest:
-                    tgt.zero_()
-                    continue
-                w, v = rest.pop(0)
-                torch.mul(v, w, out=tgt)
-            elif own != 1.0:
-                tgt.mul_(own)
-            for w, v in rest:
+        ops = self._ops[self._next]
+        self._next += 1
+        for kind, v, w, tgt in ops:
+            if kind == "addout":
+                torch.add(v, out, alpha=w, out=tgt)
+                continue
+            if v is _OUT:
+                v = out
+            elif v is _Z:
+                v = z
+            if kind == "add":
                 tgt.add_(v, alpha=w)
+            elif kind == "mulout":
+                torch.mul(v, w, out=tgt)
+            elif kind == "mul":
+                tgt.mul_(w)
+            else:
+                tgt.zero_()
 
 
 class Run:
@@ -83,37 +160,50 @@ class Run:
         self.R = torch.zeros((2 + plan.K, *x.shape), dtype=x.dtype, device=x.device)
         self.net_dtype = model.net_dtype(x.dtype)
         self.cn = plan.c_noise.to(device=x.device, dtype=self.net_dtype)
-        # NaN/Inf: checked at each call on CPU, once at the end elsewhere (or as ``deferred`` says).
-        self.immediate = model.check_finite and (x.device.type == "cpu" if deferred is None else not deferred)
+        # NaN/Inf: a record per call (a float64 sum: NaN and Inf propagate, finite float32 values
+        # cannot overflow it), checked once at the end; ``deferred=False`` checks each call at once.
+        self.immediate = model.check_finite and deferred is False
+        B, E = x.shape[0], len(self.cn)
+        if E * B <= 1 << 22:  # one contiguous row per call: no operation in the loop
+            self._cn = list(self.cn[:, None].expand(E, B).contiguous().unbind(0))
+        else:  # broadcast views (an in-place change of one would raise)
+            self._cn = [self.cn[e : e + 1].expand(B) for e in range(E)]
+        self._regs = list(self.R.unbind(0))
+        self._ptr = self.R.untyped_storage().data_ptr()
         executor.setup(self.R, plan, noise, x.dtype)
 
     def loop(self, x: Tensor, callback: Callable[[int, Tensor], None] | None, cond: dict[str, Any]) -> list[Tensor]:
         """Run the plan from x; returns the deferred NaN/Inf flags (device tensors). ``model.nfe``
         grows by the calls made."""
         model, plan, R, ex = self.model, self.plan, self.R, self.executor
-        B = self.shape[0]
+        regs, cn, x_reg = self._regs, self._cn, self._regs[X]
+        same = self.net_dtype == self.dtype
         ex.reset()
         R[X].copy_(x)
         R[X + 1 :].zero_()
         deferred: list[Tensor] = []
         nfe0, done, out = model.nfe, 0, None
+        check = model.check_finite and not self.immediate and not ex.own_flags
         try:
             for op in plan.ops:
                 if isinstance(op, Call):
-                    inp = R[op.src] if self.net_dtype == self.dtype else R[op.src].to(self.net_dtype)
-                    out = model.net(inp, self.cn[op.index : op.index + 1].expand(B).clone(), **cond)
+                    inp = regs[op.src] if same else regs[op.src].to(self.net_dtype)
+                    out = model.net(inp, cn[op.index], **cond)
                     done += 1
-                    model._check_shape(out, R[X])
+                    model._check_shape(out, x_reg)
+                    if out.untyped_storage().data_ptr() == self._ptr:
+                        out = out.clone()  # the network returned (a view of) its input register
                     if self.immediate and not _all_finite(out):
                         raise _non_finite(nfe0 + op.index + 1, torch.tensor(op.t), torch.tensor(op.t))
-                    if model.check_finite and not self.immediate and not ex.own_flags:
-                        deferred.append(torch.isfinite(out).all())
+                    if check:
+                        deferred.append(out.sum(dtype=torch.float64) if out.dtype != torch.float64
+                                        else torch.isfinite(out).all())
                 else:
-                    z = noise_draw(self.noise, R[X]) if op.draw and not ex.in_kernel_noise else None
+                    z = self.noise(x_reg) if op.draw and not ex.in_kernel_noise else None
                     ex.launch(op, out, z)
                     if callback is not None:
                         for s in op.steps:
-                            callback(s, R[X])
+                            callback(s, x_reg)
         finally:
             model.count(done)
         return deferred
@@ -122,7 +212,10 @@ class Run:
         """Raise NonFiniteError naming the first bad call (one host sync); advance in-kernel noise."""
         ex, plan = self.executor, self.plan
         if self.model.check_finite and not self.immediate:
-            flags = ex.flags() if ex.own_flags else (torch.stack(deferred) if deferred else None)
+            flags = ex.flags() if ex.own_flags else None
+            if deferred:
+                flags = torch.stack(deferred)
+                flags = flags if flags.dtype == torch.bool else torch.isfinite(flags)
             if flags is not None:
                 flags = flags.cpu()
                 if not bool(flags.all()):
@@ -131,10 +224,6 @@ class Run:
                     raise _non_finite(nfe0 + e + 1, t, t)
         if ex.in_kernel_noise and isinstance(self.noise, PerSampleNoise):
             self.noise.draws += plan.n_draws
-
-
-def noise_draw(noise: Any, like: Tensor) -> Tensor:
-    return noise(like)
 
 
 def drive(
@@ -148,9 +237,9 @@ def drive(
 ) -> Tensor:
     """Run ``plan`` from state ``x`` with ``executor``; returns the live state register.
 
-    NaN/Inf: on CPU each network output is checked at once (one sum); elsewhere a device flag per
-    call is kept and checked once at the end (no host sync inside the loop). Either way the error
-    names the call number and its t. ``model.nfe`` grows by the plan's calls.
+    NaN/Inf: one record per network call kept on the device and checked once at the end (no host
+    sync inside the loop); the error names the first bad call number and its t. ``model.nfe``
+    grows by the plan's calls.
     """
     run = Run(executor, model, plan, x, noise)
     nfe0 = model.nfe

@@ -212,19 +212,19 @@ def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpm
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     w1, w2m, w2, w3 = _dpmpp_weights(alpha[1:], h, solver_type)
     r0, r1 = _ratios(h, 1), _ratios(h, 2)
-    b = torch.zeros(len(h), 3, dtype=torch.float64, device=h.device)
-    for i, p in enumerate(_orders(len(h), 3, lower_order_final)):
-        b[i, 0] = w1[i]
-        if p == 2:  # w2m (m0 - m1) / r0
-            b[i, 0] += w2m[i] / r0[i]
-            b[i, 1] -= w2m[i] / r0[i]
-        elif p == 3:  # w2 D1 + w3 D2 = e0 D1_0 + e1 D1_1, D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1
-            s = r0[i] + r1[i]
-            e0 = w2[i] * (1.0 + r0[i] / s) + k2 * w3[i] / s
-            e1 = -w2[i] * r0[i] / s - k2 * w3[i] / s
-            b[i, 0] += e0 / r0[i]
-            b[i, 1] += -e0 / r0[i] + e1 / r1[i]
-            b[i, 2] += -e1 / r1[i]
+    p = torch.tensor(_orders(len(h), 3, lower_order_final), device=h.device)
+    zero = torch.zeros_like(h)
+    # Order 2: w2m (m0 - m1) / r0. Order 3: w2 D1 + w3 D2 = e0 D1_0 + e1 D1_1 with
+    # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1.
+    s = r0 + r1
+    e0 = w2 * (1.0 + r0 / s) + k2 * w3 / s
+    e1 = -w2 * r0 / s - k2 * w3 / s
+    two, three = p == 2, p == 3
+    b = torch.stack([
+        w1 + torch.where(two, w2m / r0, zero) + torch.where(three, e0 / r0, zero),
+        zero + torch.where(two, -w2m / r0, zero) + torch.where(three, -e0 / r0 + e1 / r1, zero),
+        zero + torch.where(three, -e1 / r1, zero),
+    ], dim=1)
     ratio = sigma[1:] / sigma[:-1]
     if first_step == "ddim":
         return make_table("dpmpp_3m", sde, ts, ratio, b)
@@ -238,9 +238,10 @@ def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpm
     tb.call(0, ts[0])
     tb.call("mid", t_mid[0], x=ratio_mid, terms={0: w1_mid})
     tb.update(ratio[0], {"mid": w1[0]}, t_start=ts[0], t_end=ts[1], step=0)
+    bl, rl = b.tolist(), ratio.tolist()
     for i in range(1, len(h)):
         tb.call(i, ts[i])
-        tb.update(ratio[i], {i - k: b[i, k] for k in range(min(3, i + 1))}, t_start=ts[i], t_end=ts[i + 1], step=i)
+        tb.update(rl[i], {i - k: bl[i][k] for k in range(min(3, i + 1))}, t_start=ts[i], t_end=ts[i + 1], step=i)
     return tb.build(sde)
 
 
@@ -341,32 +342,53 @@ def dpmpp_2m_sde(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: 
 
 
 # ---------------------------------------------------------------------------------- UniPC
-def _unipc_rhos(h: Tensor, rks: Tensor, p: int, B: Tensor) -> tuple[Tensor, Tensor]:
+def _solve(R: list[list[float]], g: list[float]) -> list[float]:
+    """R rho = g for a small dense system (p <= 3) by Gaussian elimination with partial pivoting."""
+    n = len(g)
+    A = [list(row) + [gi] for row, gi in zip(R, g, strict=True)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(A[r][c]))
+        A[c], A[piv] = A[piv], A[c]
+        for r in range(c + 1, n):
+            f = A[r][c] / A[c][c]
+            A[r] = [a - f * b for a, b in zip(A[r], A[c], strict=True)]
+    rho = [0.0] * n
+    for r in reversed(range(n)):
+        rho[r] = (A[r][n] - sum(A[r][k] * rho[k] for k in range(r + 1, n))) / A[r][r]
+    return rho
+
+
+def _unipc_rhos(g: list[float], rks: list[float], p: int) -> tuple[list[float], list[float]]:
     """(rho_p, rho_c) of one UniPC step of order p (Zhao et al. 2023, Alg. 2/3, B(h) variant).
 
-    R rho = g with R_{jk} = r_k^{j-1} (r_p = 1) and g_j = hh phi_{j+1}(hh) j! / B(h), hh = -h.
-    Order-2 UniP uses rho_p = 1/2 and order-1 UniC rho_c = 1/2, as the reference code does.
+    R rho = g with R_{jk} = r_k^{j-1} (r_p = 1) and g_j = hh phi_{j+1}(hh) j! / B(h), hh = -h
+    (``g``: the step's g_1 .. g_p). Order-2 UniP uses rho_p = 1/2 and order-1 UniC rho_c = 1/2, as
+    the reference code does.
     """
-    hh = -h
-    g = torch.stack([hh * phi(j + 1, hh) * math.factorial(j) / B for j in range(1, p + 1)])
-    r = torch.cat([rks, torch.ones(1, dtype=torch.float64, device=h.device)])
-    R = torch.stack([r**j for j in range(p)])
-    half = torch.full((1,), 0.5, dtype=torch.float64, device=h.device)
-    rho_p = rks[:0] if p == 1 else half if p == 2 else torch.linalg.solve(R[:-1, :-1], g[:-1])
-    rho_c = half if p == 1 else torch.linalg.solve(R, g)
+    r = list(rks) + [1.0]
+    R = [[rk**j for rk in r] for j in range(p)]
+    rho_p = [] if p == 1 else [0.5] if p == 2 else _solve([row[:-1] for row in R[:-1]], g[:-1])
+    rho_c = [0.5] if p == 1 else _solve(R, g)
     return rho_p, rho_c
 
 
 def _unipc_plan(sde, ts, order, variant, lower_order_final):
-    """Per-step float64 coefficients of UniPC, computed from the grid before the loop."""
+    """Per-step float64 coefficients of UniPC, computed from the grid before the loop (the phi
+    functions and the ratios r_k for all steps at once; the small solves in Python floats).
+    The plan is a list of (rks, rho_p, rho_c) lists of floats, one per step."""
     alpha, sigma, h = _grid(sde, ts, "unipc")
     lam = sde.lam(ts)
     B = -h if variant == "bh1" else torch.expm1(-h)
     orders = _orders(len(h), order, lower_order_final)
+    hh = -h
+    G = torch.stack([hh * phi(j + 1, hh) * math.factorial(j) / B for j in range(1, order + 1)]).T.tolist()  # (N, order)
+    # r_k of step i = (lam_{i-k} - lam_i) / h_i (k = 1 .. order - 1; only where i >= k is it used).
+    RK = (torch.stack([(lam[:-1].roll(k) - lam[:-1]) / h for k in range(1, order)]).T.tolist() if order > 1
+          else [[] for _ in range(len(h))])
     plan = []
     for i, p in enumerate(orders):
-        rks = torch.stack([(lam[i - k] - lam[i]) / h[i] for k in range(1, p)]) if p > 1 else h[:0]
-        rho_p, rho_c = _unipc_rhos(h[i], rks, p, B[i])
+        rks = RK[i][: p - 1]
+        rho_p, rho_c = _unipc_rhos(G[i][:p], rks, p)
         plan.append((rks, rho_p, rho_c))
     return alpha, sigma, h, B, plan
 
@@ -383,7 +405,6 @@ def unipc_coefficients(sde: LinearSDE, ts: Tensor, *, order: int = 2, variant: s
     tb = TableBuilder("unipc", ts, order + 1)
     tb.call(0, ts[0])  # m[k] of the eager loop is the prediction labelled i - k (label i + 1: at t_{i+1})
     for i, (rks, rho_p, rho_c) in enumerate(plan):
-        rks, rho_p, rho_c = rks.tolist(), rho_p.tolist(), rho_c.tolist()
         # UniP: x_pred = ratio x + w1 m0 - aB sum_k rho_p[k] (m[k+1] - m0) / r_k.
         pred = {i: w1[i]}
         for k, r in enumerate(rks):
@@ -413,7 +434,7 @@ def unipc(model, sde: LinearSDE, x, ts, *, noise, callback, order: int = 2, vari
     _check_bool("lower_order_final", lower_order_final, "unipc")
     alpha, sigma, h, B, plan = _unipc_plan(sde, ts, order, variant, lower_order_final)
     ratio, w1, aB = _cast(x, sigma[1:] / sigma[:-1], alpha[1:] * h * phi(1, -h), alpha[1:] * B)
-    plan = [_cast(x, *step) for step in plan]
+    plan = [[torch.tensor(v, dtype=x.dtype, device=x.device) for v in step] for step in plan]
     m = [model(x, ts[0]).x0]  # model values, newest first
     for i, (rks, rho_p, rho_c) in enumerate(plan):
         # UniP: DPM-Solver-1 step plus weighted differences of past model values.

@@ -161,30 +161,29 @@ def pc_coefficients(sde: LinearSDE, ts, *, predictor: str = "reverse_diffusion",
         raise ValueError("pc with corrector='langevin' has no coefficient table: its step 2 alpha (snr ||z|| / ||score||)^2 "
                          "depends on the state and the noise; use corrector='ald' or 'none', or the eager sampler")
     alphas = sde.transition(ts[1:], ts[:-1])[0] ** 2
-    sigma = sde.sigma(ts)
-    b = TableBuilder("pc", ts, 1)
+    sigma, alpha = sde.sigma(ts), sde.alpha(ts)
+    at = slice(0, -1) if corrector_first else slice(1, None)  # the corrector's time: t_cur or t_next
+    # score_sde's ald step 2 alpha_i (snr sigma(t))^2: x <- x + step score + sqrt(2 step) z.
+    step = 2.0 * alphas * (snr * sigma[at]) ** 2
+    corr = [v.tolist() for v in (1.0 - step / sigma[at] ** 2, step * alpha[at] / sigma[at] ** 2, torch.sqrt(2.0 * step))]
     abc = _PREDICTOR_ABC.get(predictor)
-    pred = abc(sde, ts[:-1], ts[1:]) if abc is not None else None
-    alpha = sde.alpha(ts)
+    pred = [v.tolist() for v in abc(sde, ts[:-1], ts[1:])] if abc is not None else None
     n_corr = n_corrector_steps if corrector == "ald" else 0
-
+    tl = ts.tolist()
+    b = TableBuilder("pc", ts, 1)
     for i in range(len(ts) - 1):
-        rows = []  # (call time index, a, b, c, t_start index, t_end index)
-        corr_at = i if corrector_first else i + 1
-        # score_sde's ald step 2 alpha_i (snr sigma(t))^2: x <- x + step score + sqrt(2 step) z.
-        step = 2.0 * alphas[i] * (snr * sigma[corr_at]) ** 2
-        corr = [(corr_at, 1.0 - step / sigma[corr_at] ** 2, step * alpha[corr_at] / sigma[corr_at] ** 2,
-                 torch.sqrt(2.0 * step), corr_at, corr_at)] * n_corr
+        ci = i if corrector_first else i + 1
+        rows = []  # (call time, a, b, c, t_start, t_end)
+        corr_rows = [(tl[ci], corr[0][i], corr[1][i], corr[2][i], tl[ci], tl[ci])] * n_corr
         if corrector_first:
-            rows += corr
+            rows += corr_rows
         if pred is not None:
-            rows.append((i, pred[0][i], pred[1][i], pred[2][i], i, i + 1))
+            rows.append((tl[i], pred[0][i], pred[1][i], pred[2][i], tl[i], tl[i + 1]))
         if not corrector_first:
-            rows += corr
-        for k, (ti, a, w, c, t0, t1) in enumerate(rows):
-            b.call(("m", i, k), ts[ti])
-            b.update(a, {("m", i, k): w}, c=c, draw=True, t_start=ts[t0], t_end=ts[t1],
-                     step=i if k == len(rows) - 1 else None)
+            rows += corr_rows
+        for k, (t, a, w, c, t0, t1) in enumerate(rows):
+            b.call(("m", i, k), t)
+            b.update(a, {("m", i, k): w}, c=c, draw=True, t_start=t0, t_end=t1, step=i if k == len(rows) - 1 else None)
     return b.build(sde, point_mass=False)
 
 

@@ -315,19 +315,21 @@ class StageTable:
             self._check_point_mass(sde)
 
     def _check_point_mass(self, sde: LinearSDE) -> None:
-        s = self.noise_scale
-        for i, r in enumerate(self.rows):
-            a0, s0 = (float(v) for v in (sde.alpha(torch.tensor(r.t_start, dtype=torch.float64)),
-                                          sde.sigma(torch.tensor(r.t_start, dtype=torch.float64))))
-            for j, e in enumerate(r.evals):
-                te = torch.tensor(e.t, dtype=torch.float64)
-                ae, se = float(sde.alpha(te)), float(sde.sigma(te))
-                _identity(self.name, f"row {i} call {j}: p*alpha + sum q = alpha(t)", e.p * a0 + sum(e.q), ae,
-                          abs(e.p * a0) + sum(abs(v) for v in e.q) + ae)
-                spread = (e.p * s0) ** 2
-                _identity(self.name, f"row {i} call {j}: p^2*sigma^2 = sigma(t)^2", spread, se**2, spread + se**2)
-            t1 = torch.tensor(r.t_end, dtype=torch.float64)
-            a1, s1 = float(sde.alpha(t1)), float(sde.sigma(t1))
+        s, f64 = self.noise_scale, torch.float64
+        rows = self.rows
+        # Every row's start and end, every call's time and its row's start: alpha and sigma in one batch.
+        evals = [(i, j, e) for i, r in enumerate(rows) for j, e in enumerate(r.evals)]
+        t = torch.tensor([r.t_start for r in rows] + [r.t_end for r in rows] + [e.t for _, _, e in evals], dtype=f64)
+        alpha, sigma = sde.alpha(t).tolist(), sde.sigma(t).tolist()
+        N = len(rows)
+        for n, (i, j, e) in enumerate(evals):
+            a0, s0, ae, se = alpha[i], sigma[i], alpha[2 * N + n], sigma[2 * N + n]
+            _identity(self.name, f"row {i} call {j}: p*alpha + sum q = alpha(t)", e.p * a0 + sum(e.q), ae,
+                      abs(e.p * a0) + sum(abs(v) for v in e.q) + ae)
+            spread = (e.p * s0) ** 2
+            _identity(self.name, f"row {i} call {j}: p^2*sigma^2 = sigma(t)^2", spread, se**2, spread + se**2)
+        for i, r in enumerate(rows):
+            a0, s0, a1, s1 = alpha[i], sigma[i], alpha[N + i], sigma[N + i]
             _identity(self.name, f"row {i}: a*alpha + sum b = alpha(t_end)", r.a * a0 + sum(r.b), a1,
                       abs(r.a * a0) + sum(abs(v) for v in r.b) + a1)
             if s == 0 and r.draw:
