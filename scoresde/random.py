@@ -174,11 +174,11 @@ _MULT_CACHE: dict[torch.device, Tensor] = {}
 
 
 def _multipliers(device: torch.device) -> Tensor:
-    """(2, 1, 1, 1, 1) int64 Philox multipliers on ``device``, made once per device (so that a draw
-    inside a CUDA graph capture makes no host-to-device copy)."""
+    """(2,) int64 Philox multipliers on ``device``, made once per device (so that a draw inside a
+    CUDA graph capture makes no host-to-device copy)."""
     M = _MULT_CACHE.get(device)
     if M is None:
-        M = _MULT_CACHE[device] = torch.tensor(_MULT, dtype=torch.int64, device=device)[:, None, None, None, None]
+        M = _MULT_CACHE[device] = torch.tensor(_MULT, dtype=torch.int64, device=device)
     return M
 
 
@@ -187,25 +187,25 @@ def _philox_words(keys: Tensor, draws: Tensor, nb: int) -> Tensor:
 
     ``draws`` is (L, 1, 1) (the same draw for every sample) or (1, B, 1) (a draw per sample).
     The state is held as int32 bit patterns; each round widens the two multiplicands to int64
-    (zero high word), multiplies (both factors < 2^32, so the product modulo 2^64 is exact), and
-    reads the product's low and high words back as an int32 view (little-endian byte order).
+    (zero high words, one stack), multiplies (both factors < 2^32, so the product modulo 2^64 is
+    exact), and reads the products' low and high words back as an int32 view (little-endian).
     """
-    dev = keys.device
+    dev, i32 = keys.device, torch.int32
     shape = (draws.shape[0], keys.shape[3], nb)
-    i32 = torch.int32
-    j = torch.arange(nb, device=dev, dtype=i32)[None, None, :]
-    # X = (c0, c2) are multiplied, Y = (c1, c3) are xor-ed in (the small tensors converted before expanding).
-    X = torch.stack([j.expand(shape), ((draws >> 32) & _MASK32).to(i32).expand(shape)])
-    Y = torch.stack([_as_i32(draws & _MASK32).expand(shape), torch.full(shape, 0x5C0E5DE, device=dev, dtype=i32)])
-    zero = torch.zeros_like(X)
+    # c0 = block j and c2 = draw hi are multiplied; c1 = draw lo and c3 = 0x5C0E5DE are xor-ed in.
+    c0 = torch.arange(nb, device=dev, dtype=i32)[None, None, :].expand(shape).contiguous()
+    c2 = ((draws >> 32) & _MASK32).to(i32).expand(shape).contiguous()
+    c1 = _as_i32(draws & _MASK32).expand(shape)
+    c3 = torch.full(shape, 0x5C0E5DE, device=dev, dtype=i32)
+    zero = torch.zeros(shape, dtype=i32, device=dev)
     M = _multipliers(dev)
     for r in range(_ROUNDS):
-        # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0) with (hi_q, lo_q) = M_q * X_q.
-        wide = torch.stack([X, zero], dim=-1).view(torch.int64)  # (2, L, B, nb, 1): X as unsigned int64
-        p = (wide * M).flip(0).view(torch.int32)  # (2, L, B, nb, 2): (lo, hi) words, q swapped
-        X, Y = p[..., 1] ^ Y ^ keys[r], p[..., 0]
-    # words (c0, c1, c2, c3) = (X0, Y0, X1, Y1), back to unsigned values in int64
-    return torch.stack([X[0], Y[0], X[1], Y[1]]).to(torch.int64) & _MASK32
+        # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0) with (hi0, lo0) = M0 c0, (hi1, lo1) = M1 c2.
+        wide = torch.stack([c0, zero, c2, zero], dim=-1).view(torch.int64)  # (L, B, nb, 2): c0, c2 as unsigned int64
+        p = (wide * M).view(torch.int32)  # (L, B, nb, 4): lo0, hi0, lo1, hi1
+        c0, c1, c2, c3 = p[..., 3] ^ c1 ^ keys[r, 0], p[..., 2], p[..., 1] ^ c3 ^ keys[r, 1], p[..., 0]
+    # back to unsigned values in int64
+    return torch.stack([c0, c1, c2, c3]).to(torch.int64) & _MASK32
 
 
 def _philox_words_portable(keys: Tensor, draws: Tensor, nb: int) -> Tensor:
