@@ -18,8 +18,8 @@ that converts the output to x0, updates the state and prepares the next call's i
   for later runs of the same model, table, shape and dtype (CUDA only).
 
 ``model.nfe`` counts the network calls; NaN/Inf in a network output raises NonFiniteError naming the
-call number and t, after the loop (one float64 sum per call recorded on the device, no host sync in
-the loop; the fused kernels count them themselves). The network gets ``c_noise`` as a fresh (B,)
+call number and t, after the loop (each output's min and max recorded on the device, no host sync
+in the loop; the fused kernels count them themselves). The network gets ``c_noise`` as a fresh (B,)
 row per call (a broadcast view above 2^22 elements for all calls together). ``callback(i, x)`` gets the
 live state register after grid step i (clone it to keep it; ``graph`` takes no callback).
 ``noise`` is advanced past the run's draws, as the eager sampler would.

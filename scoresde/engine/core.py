@@ -160,8 +160,8 @@ class Run:
         self.R = torch.zeros((2 + plan.K, *x.shape), dtype=x.dtype, device=x.device)
         self.net_dtype = model.net_dtype(x.dtype)
         self.cn = plan.c_noise.to(device=x.device, dtype=self.net_dtype)
-        # NaN/Inf: a record per call (a float64 sum: NaN and Inf propagate, finite float32 values
-        # cannot overflow it), checked once at the end; ``deferred=False`` checks each call at once.
+        # NaN/Inf: a record per call (the output's min and max: both are finite iff every element
+        # is), checked once at the end; ``deferred=False`` checks each call at once.
         self.immediate = model.check_finite and deferred is False
         B, E = x.shape[0], len(self.cn)
         if E * B <= 1 << 22:  # one contiguous row per call: no operation in the loop
@@ -172,7 +172,7 @@ class Run:
         self._ptr = self.R.untyped_storage().data_ptr()
         executor.setup(self.R, plan, noise, x.dtype)
 
-    def loop(self, x: Tensor, callback: Callable[[int, Tensor], None] | None, cond: dict[str, Any]) -> list[Tensor]:
+    def loop(self, x: Tensor, callback: Callable[[int, Tensor], None] | None, cond: dict[str, Any]) -> list:
         """Run the plan from x; returns the deferred NaN/Inf flags (device tensors). ``model.nfe``
         grows by the calls made."""
         model, plan, R, ex = self.model, self.plan, self.R, self.executor
@@ -196,8 +196,7 @@ class Run:
                     if self.immediate and not _all_finite(out):
                         raise _non_finite(nfe0 + op.index + 1, torch.tensor(op.t), torch.tensor(op.t))
                     if check:
-                        deferred.append(out.sum(dtype=torch.float64) if out.dtype != torch.float64
-                                        else torch.isfinite(out).all())
+                        deferred.append(torch.aminmax(out))  # both finite iff every element is (NaN propagates)
                 else:
                     z = self.noise(x_reg) if op.draw and not ex.in_kernel_noise else None
                     ex.launch(op, out, z)
@@ -208,14 +207,13 @@ class Run:
             model.count(done)
         return deferred
 
-    def finish(self, deferred: list[Tensor], nfe0: int) -> None:
+    def finish(self, deferred: list, nfe0: int) -> None:
         """Raise NonFiniteError naming the first bad call (one host sync); advance in-kernel noise."""
         ex, plan = self.executor, self.plan
         if self.model.check_finite and not self.immediate:
             flags = ex.flags() if ex.own_flags else None
             if deferred:
-                flags = torch.stack(deferred)
-                flags = flags if flags.dtype == torch.bool else torch.isfinite(flags)
+                flags = torch.isfinite(torch.stack([m for pair in deferred for m in pair]).reshape(-1, 2)).all(1)
             if flags is not None:
                 flags = flags.cpu()
                 if not bool(flags.all()):
