@@ -160,7 +160,7 @@ class Problem:
         if metrics is None:
             if mix is not None:
                 metrics = ("sw2", "mmd", "energy", "mode_err", "logp_gap")
-            elif data_shape == (1, 8, 8) and "fd" in METRICS:
+            elif data_shape == (1, 8, 8):
                 metrics = ("sw2", "fd", "kd")
             else:
                 metrics = ("sw2", "mmd", "energy")
