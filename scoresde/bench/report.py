@@ -5,7 +5,8 @@ installed (records with status ``unavailable``) is one row that says so. The Mar
 per problem, each metric divided by its noise floor (1 = indistinguishable from exact samples at
 this n), the raw sliced W2, NFE, wall time, samples/second, the overhead over bare network time
 and the peak memory. Plots (matplotlib Agg): quality vs NFE and quality vs wall time, one line per
-sampler, log axes, the noise floor as a horizontal band (mean +- one std over the floor repeats and seeds).
+sampler (peers' samplers dashed), log axes, the noise floor as a horizontal band (mean +- one std over the
+floor repeats and seeds).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any, Callable, Iterable
 from .._utils import atomic_write_text
 from ..metrics import METRICS as _METRICS
 from ..plots import pyplot, save_figure
+from .peers import is_peer
 from .quality import METRICS
 
 __all__ = ["aggregate", "markdown_table", "pivot_table", "plot_problem", "write_report", "floor_band"]
@@ -211,10 +213,11 @@ def plot_problem(records: list[dict[str, Any]], problem: str, metric: str, path:
         rs = sorted((r for r in rows if r["series"] == lab), key=lambda r: r["nfe"])
         y = [r[metric] for r in rs]
         yerr = [r.get(f"{metric}_std", 0.0) for r in rs]
+        peer = is_peer(rs[0]["sampler"])  # a peer's sampler: dashed, square markers
         for ax, xkey in zip(axes, ("nfe", "wall_s"), strict=True):
             x = [r[xkey] for r in rs]
-            ax.errorbar(x, y, yerr=yerr if any(yerr) else None, marker="o", ms=4, lw=1.3, capsize=2,
-                        color=cmap(i % cmap.N), label=lab)
+            ax.errorbar(x, y, yerr=yerr if any(yerr) else None, marker="s" if peer else "o", ms=4, lw=1.3, capsize=2,
+                        ls="--" if peer else "-", color=cmap(i % cmap.N), label=lab)
     for ax, xl in zip(axes, ("NFE (network evaluations per sample)", "wall time (s)"), strict=True):
         if band:
             ax.axhspan(max(band[1], 1e-12), band[2], color="0.7", alpha=0.5, lw=0, label="noise floor (exact sets, rms +- std)")
