@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -47,10 +48,17 @@ _FRONT_DOOR = (
 )
 
 
-def _model_device(model: Any) -> torch.device:
+def _model_device(model: Any, cond: dict | None = None) -> torch.device:
+    """The model's device; for a parameter-free model (a lambda) that of the ``cond`` tensors, else the CPU."""
     if isinstance(model, nn.Module):
-        for p in model.parameters():
+        for p in (*model.parameters(), *model.buffers()):
             return p.device
+    for v in (cond or {}).values():
+        if isinstance(v, Tensor):
+            return v.device
+    if torch.cuda.is_available():
+        warnings.warn("sample(): the model has no parameters or buffers to take the device from (a lambda or a plain "
+                      "function?), so it samples on the CPU although CUDA is available; pass device=", stacklevel=3)
     return torch.device("cpu")
 
 
@@ -105,7 +113,8 @@ def sample(
         x_T: the starting state instead of a draw from the prior.
         return_trajectory: keep x after every step.
         progress: show a progress bar.
-        device, dtype: of the samples (default: the model's device, float32).
+        device, dtype: of the samples (default: the model's device, else that of the ``cond`` tensors; a
+            parameter-free model on a machine with CUDA warns that it runs on the CPU), float32.
         cond: keyword arguments passed to every network call (e.g. ``{"y": labels}``).
         guidance: an object that steers sampling (see :mod:`scoresde.guidance`): ``wrap(model, sde)``
             gives the model to sample with; with ``needs_projection``, ``project(x, t, i)`` maps x_T
@@ -163,7 +172,7 @@ def sample(
         score_model = guidance.wrap(score_model, sde)
     grad = bool(grad) or bool(getattr(guidance, "needs_grad", False))
     if device is None:
-        device = x_T.device if x_T is not None else _model_device(score_model)
+        device = x_T.device if x_T is not None else _model_device(score_model, cond)
     device = torch.device(device)
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype; got {dtype}")
