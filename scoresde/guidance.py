@@ -390,16 +390,16 @@ class Observation:
     """
 
     def apply(self, x: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError("an Observation subclass defines apply()")  # abstract
 
     def adjoint(self, v: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError("an Observation subclass defines adjoint()")  # abstract
 
     def pinv(self, v: Tensor) -> Tensor:
-        raise NotImplementedError
+        raise NotImplementedError("an Observation subclass defines pinv()")  # abstract
 
     def obs_shape(self, sample_shape: tuple[int, ...]) -> tuple[int, ...]:
-        raise NotImplementedError
+        raise NotImplementedError("an Observation subclass defines obs_shape()")  # abstract
 
     def check(self, sample_shape: tuple[int, ...]) -> None:
         """Raise a ValueError if the observation does not fit samples of this shape."""

@@ -76,3 +76,59 @@ def test_non_finite_samples_say_whether_the_model_was_checked():
     model = scoresde.ScoreModel(exploding, SDE, "eps", check_finite=False)
     with pytest.raises(scoresde.NonFiniteError, match="not checked: check_finite=False"):
         scoresde.sample(model, SDE, (4, 2), "euler_maruyama", 3, seeds=range(4))
+
+
+def test_denoise_rules_are_the_final_steps_of_scoresde_samplers_final():
+    from scoresde.samplers.final import final_step
+
+    x_T = torch.randn(6, 2, dtype=F64, generator=torch.Generator().manual_seed(1))
+    base = scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, x_T=x_T, denoise=False, dtype=F64)
+    model = scoresde.ScoreModel(GM.score_fn(SDE), SDE)
+    for rule in ("tweedie", "ode"):
+        res = scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, x_T=x_T, denoise=rule, dtype=F64)
+        assert res.nfe == 9
+        torch.testing.assert_close(res.x, final_step(model, base.x, base.ts[-1], rule), rtol=0, atol=0)
+    same = scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, x_T=x_T, denoise=True, dtype=F64)
+    assert torch.equal(same.x, scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, x_T=x_T, denoise="tweedie",
+                                               dtype=F64).x)
+    with pytest.raises(ValueError, match="denoise='mean' is not accepted"):
+        scoresde.sample(GM.score_fn(SDE), SDE, (6, 2), "ddim", 8, denoise="mean")
+
+
+@pytest.mark.parametrize("name", ["euler_maruyama", "dpmpp_2m", "pc", "adaptive_sde", "ald"])
+def test_max_batch_equals_one_big_batch(name):
+    # Per-sample seeds: sample i depends only on its seed, so chunks of 3 give the same samples as one
+    # batch of 8, bit for bit; NFE counts every chunk's calls; per-sample extras are joined.
+    kw = dict(generator=torch.Generator().manual_seed(3), dtype=F64, return_trajectory=name != "adaptive_sde")
+    steps = 4
+    one = scoresde.sample(GM.score_fn(SDE), SDE, (8, 2), name, steps, **kw)
+    kw["generator"] = torch.Generator().manual_seed(3)
+    parts = scoresde.sample(GM.score_fn(SDE), SDE, (8, 2), name, steps, max_batch=3, **kw)
+    assert torch.equal(one.x, parts.x) and torch.equal(one.seeds, parts.seeds)
+    if name != "adaptive_sde":  # adaptive: one trajectory entry per attempt, which differs by chunk (refused)
+        assert torch.equal(one.trajectory, parts.trajectory)
+        assert parts.nfe == 3 * one.nfe  # three chunks, each as many batch calls as the single batch
+    else:
+        assert torch.equal(one.extra["accepted"], parts.extra["accepted"])
+
+
+def test_max_batch_splits_cond_and_x_T_and_refuses_what_it_cannot_split():
+    x_T = torch.randn(5, 2, dtype=F64, generator=torch.Generator().manual_seed(0))
+    seen = []
+
+    def labelled(x, t, y):
+        seen.append(y.clone())
+        return GM.score_fn(SDE)(x, t)
+
+    model = scoresde.ScoreModel(lambda x, c, y: labelled(x, c, y), SDE)
+    y = torch.arange(5)
+    a = scoresde.sample(model, SDE, (5, 2), "ddim", 3, x_T=x_T, cond={"y": y}, dtype=F64)
+    seen.clear()
+    b = scoresde.sample(model, SDE, (5, 2), "ddim", 3, x_T=x_T, cond={"y": y}, dtype=F64, max_batch=2)
+    assert torch.equal(a.x, b.x) and [s.tolist() for s in seen[:1]] == [[0, 1]]
+    with pytest.raises(ValueError, match="max_batch=2 splits the request by per-sample seeds"):
+        scoresde.sample(GM.score_fn(SDE), SDE, (5, 2), "ddim", 3, noise=torch.Generator(), max_batch=2)
+    with pytest.raises(ValueError, match="return_trajectory with max_batch needs a fixed-grid sampler"):
+        scoresde.sample(GM.score_fn(SDE), SDE, (5, 2), "adaptive_sde", max_batch=2, return_trajectory=True)
+    with pytest.raises(ValueError, match="max_batch=0 is not accepted"):
+        scoresde.sample(GM.score_fn(SDE), SDE, (5, 2), "ddim", 3, max_batch=0)

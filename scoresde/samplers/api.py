@@ -17,10 +17,11 @@ from torch import Tensor, nn
 
 from ..model import NonFiniteError, ScoreModel, as_model
 from ..random import GeneratorNoise, IndexedNoise, PerSampleNoise, make_seeds
-from ..registry import Bool, Int
+from ..registry import Bool, Choice, Int, OneOf
 from ..schedules import make_grid
 from ..sde import LinearSDE
 from . import registry
+from .final import final_step
 
 __all__ = ["sample", "SampleResult"]
 
@@ -42,7 +43,7 @@ class SampleResult:
 
 _FRONT_DOOR = (
     "steps", "generator", "seeds", "noise", "schedule", "rho", "t_min", "T", "denoise", "x_T",
-    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad",
+    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad", "max_batch",
 )
 
 
@@ -67,7 +68,7 @@ def sample(
     rho: float = 7.0,
     t_min: float | None = None,
     T: float | None = None,
-    denoise: bool = True,
+    denoise: bool | str = True,
     x_T: Tensor | None = None,
     return_trajectory: bool = False,
     progress: bool = False,
@@ -76,6 +77,7 @@ def sample(
     cond: dict[str, Any] | None = None,
     guidance: Any = None,
     grad: bool = False,
+    max_batch: int | None = None,
     **options: Any,
 ) -> SampleResult:
     """Draw samples by integrating the reverse process of ``sde`` with a registered sampler.
@@ -96,7 +98,10 @@ def sample(
             times; default: the sampler's.
         rho: Karras schedule exponent.
         t_min, T: the end points of the grid (default: the SDE's).
-        denoise: finish with one Tweedie step x <- x0(x, t_min) (one more NFE).
+        denoise: the final step from t_min (one more NFE): ``True`` or ``"tweedie"`` (x <- x0(x, t_min),
+            the posterior mean; NCSNv2's and EDM's last step), ``"ode"`` (one Euler step of the PF-ODE in
+            sigma~^2 to 0, which keeps the spread the data has: see :mod:`scoresde.samplers.final`),
+            or ``False`` (return the state at t_min).
         x_T: the starting state instead of a draw from the prior.
         return_trajectory: keep x after every step.
         progress: show a progress bar.
@@ -107,6 +112,9 @@ def sample(
             (i = -1) and the state after every step i (at t = ts[i + 1]) to the state to continue from,
             and ``finish(x)`` maps the final samples; ``needs_grad`` turns autograd on.
         grad: run with autograd enabled (default: off, under ``torch.no_grad()``, so no graph is kept).
+        max_batch: split a larger request into batches of at most this many samples, run one after
+            the other (a memory budget). With per-sample seeds (the default noise) the result equals
+            one big batch (sample i depends only on its seed); ``nfe`` then counts every batch's calls.
         **options: the sampler's own options (see ``registry.get(name).options``), checked against
             their declared accepted values before anything runs.
     """
@@ -117,9 +125,9 @@ def sample(
         raise TypeError(f"sde must be a scoresde LinearSDE (VPSDE, SubVPSDE, VESDE, EDMSDE, ...); got {type(sde).__name__}")
     spec.check_sde(sde, options)
     shape = _check_shape(shape)
-    for name, flag in (("denoise", denoise), ("return_trajectory", return_trajectory), ("progress", progress),
-                       ("grad", grad)):
+    for name, flag in (("return_trajectory", return_trajectory), ("progress", progress), ("grad", grad)):
         Bool().check(name, flag, "sample")
+    denoise = OneOf(Bool(), Choice("tweedie", "ode")).check("denoise", denoise, "sample")
     if generator is not None and not isinstance(generator, torch.Generator):
         raise TypeError(f"generator must be a torch.Generator or None; got {type(generator).__name__}")
     if not isinstance(dtype, torch.dtype):
@@ -136,6 +144,20 @@ def sample(
             f"{' with these options' if options else ''} does not pass its steps through the front door (its solver "
             f"owns the state); use one of: {', '.join(hooked)}"
         )
+    if max_batch is not None and Int(ge=1).check("max_batch", max_batch, "sample") < shape[0]:
+        if return_trajectory and not traits.fixed_grid:
+            raise ValueError(f"return_trajectory with max_batch needs a fixed-grid sampler: {sampler!r}'s trajectory "
+                             "has one entry per attempt, which differs between batches")
+        if noise is not None or project:
+            what = "a custom noise source or generator stream" if noise is not None else "a projecting guidance"
+            raise ValueError(f"max_batch={max_batch} splits the request by per-sample seeds, which {what} cannot "
+                             "follow; pass seeds= or generator= (per-sample noise), or max_batch=None")
+        if x_T is not None:
+            x_T = _check_state("x_T", x_T, shape)
+        common = dict(schedule=schedule, rho=rho, t_min=t_min, T=T, denoise=denoise, return_trajectory=return_trajectory,
+                      progress=progress, device=device, dtype=dtype, guidance=guidance, grad=grad, **options)
+        return _chunked(model, sde, shape, sampler, steps, max_batch, make_seeds(shape[0], generator=generator, seeds=seeds),
+                        x_T, cond, common)
     score_model = as_model(model, sde)
     if guidance is not None and hasattr(guidance, "wrap"):
         score_model = guidance.wrap(score_model, sde)
@@ -208,7 +230,7 @@ def sample(
             else:
                 x = out
             if denoise:
-                x = bound(x, ts[-1]).x0
+                x = final_step(bound, x, ts[-1], "tweedie" if denoise is True else denoise)
             if project:
                 x = guidance.finish(x)
     except NonFiniteError as err:
@@ -233,6 +255,29 @@ def sample(
         trajectory=torch.stack(traj) if return_trajectory else None,
         extra=extra,
     )
+
+
+def _chunked(model, sde, shape, sampler, steps, max_batch, seeds, x_T, cond, common) -> SampleResult:
+    """sample() in batches of at most max_batch, by per-sample seeds; results joined along the batch."""
+    B = shape[0]
+    parts = []
+    for lo in range(0, B, max_batch):
+        sl = slice(lo, min(lo + max_batch, B))
+        sub_cond = None if cond is None else {
+            k: (v[sl] if isinstance(v, Tensor) and v.ndim and v.shape[0] == B else v) for k, v in cond.items()}
+        parts.append(sample(model, sde, (sl.stop - sl.start, *shape[1:]), sampler, steps, seeds=seeds[sl],
+                            x_T=None if x_T is None else x_T[sl], cond=sub_cond, **common))
+    first = parts[0]
+    extra: dict[str, Any] = {}
+    for k in first.extra:
+        vals = [p.extra[k] for p in parts]
+        joinable = all(isinstance(v, Tensor) and v.ndim and v.shape[0] == p.x.shape[0] for v, p in zip(vals, parts, strict=True))
+        extra[k] = torch.cat(vals) if joinable else vals  # per-sample tensors joined; per-batch values listed
+    return SampleResult(
+        x=torch.cat([p.x for p in parts]), nfe=sum(p.nfe for p in parts), ts=first.ts, sampler=first.sampler,
+        options=first.options, wall_time=sum(p.wall_time for p in parts), seeds=torch.cat([p.seeds for p in parts]),
+        trajectory=torch.cat([p.trajectory for p in parts], dim=1) if first.trajectory is not None else None,
+        extra=extra)
 
 
 def _check_state(name: str, x: Any, shape: tuple[int, ...]) -> Tensor:

@@ -334,7 +334,8 @@ def _unipc_plan(sde, ts, order, variant, lower_order_final):
     return alpha, sigma, h, B, plan
 
 
-@register("unipc", kind="ode", order=lambda o: o["order"] + 1, stochastic=False, nfe=1, default_steps=10,
+# UniP-p + UniC-p is nominally order p + 1, but the UniP-1/UniC-1 first step (local error O(h^3)) caps it at 3.
+@register("unipc", kind="ode", order=lambda o: min(o["order"] + 1, 3), stochastic=False, nfe=1, default_steps=10,
           default_schedule="logsnr", exact_for_point_mass=True,
           params={"order": Choice(UNIPC_ORDERS), "variant": Choice(UNIPC_VARIANTS)}, variants=({"variant": "bh1"},),
           paper="Zhao et al. 2023 (UniPC), UniP-p + UniC-p, B(h) variants")
