@@ -44,8 +44,11 @@ class SampleResult:
 
 _FRONT_DOOR = (
     "steps", "generator", "seeds", "noise", "schedule", "rho", "t_min", "T", "denoise", "x_T",
-    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad", "max_batch",
+    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad", "max_batch", "engine",
 )
+#: how a fixed-step sampler is executed: its eager loop (the readable reference), or its coefficient
+#: table through scoresde.engine (same noise stream; see docs/performance.md).
+ENGINE_NAMES = ("eager", "torch", "compiled", "fused", "graph")
 
 
 def _model_device(model: Any, cond: dict | None = None) -> torch.device:
@@ -86,6 +89,7 @@ def sample(
     guidance: Any = None,
     grad: bool = False,
     max_batch: int | None = None,
+    engine: str = "eager",
     **options: Any,
 ) -> SampleResult:
     """Draw samples by integrating the reverse process of ``sde`` with a registered sampler.
@@ -124,6 +128,11 @@ def sample(
         max_batch: split a larger request into batches of at most this many samples, run one after
             the other (a memory budget). With per-sample seeds (the default noise) the result equals
             one big batch (sample i depends only on its seed); ``nfe`` then counts every batch's calls.
+        engine: ``"eager"`` (the sampler's own loop, the reference) or an engine of
+            :mod:`scoresde.engine` that runs the sampler's coefficient table: ``"torch"``,
+            ``"compiled"`` (torch.compile), ``"fused"`` (Triton kernels, CUDA), ``"graph"`` (a CUDA
+            graph of the whole loop). Only samplers whose ``table`` trait holds for these options;
+            the same per-sample noise stream as eager, the same samples to float round-off.
         **options: the sampler's own options (see ``registry.get(name).options``), checked against
             their declared accepted values before anything runs.
     """
@@ -145,6 +154,16 @@ def sample(
         raise TypeError(f"cond must be a dict of network keyword arguments (e.g. {{'y': labels}}); got {type(cond).__name__}")
     if steps is not None:
         steps = Int(ge=1).check("steps", steps, "sample")
+    Choice(ENGINE_NAMES).check("engine", engine, "sample")
+    if engine != "eager":
+        if not traits.table:
+            tabled = [s.name for s in registry.specs() if s.traits().table]
+            raise ValueError(f"engine={engine!r} runs a sampler's coefficient table, and sampler {sampler!r}"
+                             f"{' with these options' if options else ''} has none; use engine='eager', or one of: "
+                             f"{', '.join(tabled)}")
+        if guidance is not None:
+            raise ValueError(f"engine={engine!r} with guidance is not supported (the engines call the network "
+                             "directly, and cannot apply projections); use engine='eager'")
     project = guidance is not None and bool(getattr(guidance, "needs_projection", False))
     if project and not traits.state_hook:
         hooked = [s.name for s in registry.specs() if s.traits().state_hook]
@@ -164,7 +183,7 @@ def sample(
         if x_T is not None:
             x_T = _check_state("x_T", x_T, shape)
         common = dict(schedule=schedule, rho=rho, t_min=t_min, T=T, denoise=denoise, return_trajectory=return_trajectory,
-                      progress=progress, device=device, dtype=dtype, guidance=guidance, grad=grad, **options)
+                      progress=progress, device=device, dtype=dtype, guidance=guidance, grad=grad, engine=engine, **options)
         return _chunked(model, sde, shape, sampler, steps, max_batch, make_seeds(shape[0], generator=generator, seeds=seeds),
                         x_T, cond, common)
     score_model = as_model(model, sde)
@@ -229,11 +248,18 @@ def sample(
     _sync(device)
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
-    # On GPU the NaN/Inf check is deferred to the end (no host sync per network call).
-    check = score_model.deferred_finite_check() if device.type != "cpu" else contextlib.nullcontext()
+    # On GPU the NaN/Inf check is deferred to the end (the engines keep their own device-side records).
+    deferred = device.type != "cpu" and engine == "eager"
+    check = score_model.deferred_finite_check() if deferred else contextlib.nullcontext()
     try:
         with check, torch.set_grad_enabled(grad):
-            out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **opts)
+            if engine == "eager":
+                out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **opts)
+            else:
+                from .. import engine as engines
+
+                out = engines.run(engine, score_model, sde, x, ts, spec.table(sde, ts, **opts), noise_src, callback,
+                                  cond=cond)
             if isinstance(out, tuple):
                 x, extra = out
             else:
