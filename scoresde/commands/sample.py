@@ -7,9 +7,12 @@ for 2-D points, a grid for images; --png PATH elsewhere, --no-png none). --seeds
 per-sample seeds themselves (EDM's generate.py syntax: 0-63, or 0,5,7-9). --class K (a list,
 or all) draws -n samples of each class and writes a grid per class (OUT-classK.png); --guidance W
 samples with classifier-free guidance (a model trained with --label-dropout). --png-dir DIR
-writes one PNG per sample (images), e.g. for an external FID tool. Examples:
+writes one PNG per sample (images), e.g. for an external FID tool. Under torchrun the seeds are
+split over the processes (sample i depends only on its seed) and rank 0 writes one file, equal to a
+one-process run's at the same --batch-size. Examples:
 
     scoresde sample --checkpoint runs/moons --sampler dpmpp_2m --steps 20 -n 2000 --out moons.npz   # + moons.png
+    torchrun --nproc_per_node 4 -m scoresde sample --checkpoint runs/digits --seeds 0-49999 --png-dir fid/ --out d.npz
     scoresde sample --checkpoint runs/digits-cfg --sampler dpmpp_2m --steps 20 --seeds 0-9 --class all \
         --guidance 3 --out cfg.npz                         # cfg.png (a row per class) + cfg-class0.png ...
     scoresde sample --checkpoint runs/digits --seeds 0-9999 --batch-size 1000 --out d.npz --png-dir pngs/
@@ -117,7 +120,10 @@ def run(args) -> int:
         check_output_file(args.png, "--png")
     if args.png_dir:
         check_output_dir(args.png_dir, "--png-dir")
-    device = pick_device(args.device, 0)
+    from scoresde import distributed
+
+    device = pick_device(args.device, distributed.env()[2])
+    rank, world = distributed.init(device)  # under torchrun: each rank samples its share of the seeds
     ck = load_checkpoint(args.checkpoint, device=device, ema=not args.raw_weights)
     shape = ck.data_shape
     if not shape:
@@ -137,12 +143,16 @@ def run(args) -> int:
         labels = _labels(ck, args, n)
     guidance = _guidance(ck, args, weight)
     total = seeds.shape[0]
+    # Sample i depends only on its seed (and label), so the seeds can be split over ranks (EDM's
+    # generate.py) and the gathered file equals a one-process run's.
+    mine = torch.arange(total)[rank::world]
     bs = args.batch_size or total
     chunks, nfes = [], []
     t0 = time.perf_counter()
-    for i in range(0, total, bs):
-        s = seeds[i:i + bs]
-        cond = {"y": labels[i:i + bs].to(device)} if labels is not None else None
+    for i in range(0, len(mine), bs):
+        idx = mine[i:i + bs]
+        s = seeds[idx]
+        cond = {"y": labels[idx].to(device)} if labels is not None else None
         with torch.no_grad():  # sampling needs no autograd graph (the weights require grad)
             res = samplers.sample(ck.model, ck.sde, (len(s), *shape), args.sampler, steps, seeds=s, device=device,
                                   schedule=args.schedule, denoise=not args.no_denoise, progress=args.progress,
@@ -151,6 +161,11 @@ def run(args) -> int:
         nfes.append(res.nfe)
     wall = time.perf_counter() - t0
     x = torch.cat(chunks)
+    if world > 1:
+        x, nfes, wall = _gather(x, mine, total, nfes, wall, world)
+        distributed.shutdown()
+        if rank != 0:
+            return 0
     if ck.scaler is not None:
         x = ck.scaler.from_model(x)
     meta = {
@@ -197,6 +212,19 @@ def run(args) -> int:
         save_image_pngs(x, args.png_dir, value_range=vr)
         print(f"wrote {total} PNGs to {args.png_dir} (000000.png ... {total - 1:06d}.png, the order of the .npz)")
     return 0
+
+
+def _gather(x, mine, total, nfes, wall, world):
+    """All ranks' samples in seed order on every rank (gloo or NCCL, through torch.distributed objects)."""
+    import torch
+    import torch.distributed as dist
+
+    parts = [None] * world
+    dist.all_gather_object(parts, (mine, x, nfes, wall))
+    out = torch.empty((total, *x.shape[1:]), dtype=x.dtype)
+    for idx, xs, _, _ in parts:
+        out[idx] = xs
+    return out, [n for p in parts for n in p[2]], max(p[3] for p in parts)
 
 
 def parse_int_list(text: str, flag: str) -> list[int]:
