@@ -25,32 +25,54 @@ __all__ = [
 
 
 # ---------------------------------------------------------------------- predictor steps (1 NFE each)
-def euler_maruyama_step(model, sde: LinearSDE, x, t_cur, t_next, noise):
-    """Euler-Maruyama step of the reverse-time SDE (Song et al. 2021, Eq. 6)."""
-    dt = t_next - t_cur  # negative: reverse time
-    drift = sde.reverse_drift(x, t_cur, model(x, t_cur).score)
-    return x + drift * dt.to(x.dtype) + sde.g(t_cur).to(x.dtype) * (-dt).sqrt().to(x.dtype) * noise(x)
+# Each predictor is a plan (its float64 per-step coefficients for the whole grid, computed before
+# the loop and cast to x's dtype once) and a step that uses step i's coefficients.
+def _cast_steps(x, *vs):
+    return list(zip(*(v.to(device=x.device, dtype=x.dtype).unbind(0) for v in vs), strict=True))
 
 
-def reverse_diffusion_step(model, sde: LinearSDE, x, t_cur, t_next, noise):
+def euler_maruyama_plan(sde: LinearSDE, x, ts):
+    dt = ts[1:] - ts[:-1]  # negative: reverse time
+    return _cast_steps(x, sde.f(ts[:-1]), sde.g2(ts[:-1]), dt, sde.g(ts[:-1]), (-dt).sqrt())
+
+
+def euler_maruyama_step(model, x, t_cur, coef, noise):
+    """Euler-Maruyama step of the reverse-time SDE (Song et al. 2021, Eq. 6): x + [f x - g^2 score] dt + g sqrt(-dt) z."""
+    f, g2, dt, g, sqrt_dt = coef
+    drift = f * x - g2 * model(x, t_cur).score
+    return x + drift * dt + g * sqrt_dt * noise(x)
+
+
+def reverse_diffusion_plan(sde: LinearSDE, x, ts):
+    a, b2 = sde.transition(ts[1:], ts[:-1])  # the exact transition t_next -> t_cur (sde.discretize)
+    return _cast_steps(x, a, torch.sqrt(b2))
+
+
+def reverse_diffusion_step(model, x, t_cur, coef, noise):
     """Reverse-diffusion step (Song et al. 2021, Eq. 46): x_mean = x - f + G^2 score, x = x_mean + G z."""
-    f, G = sde.discretize(x, t_cur, t_next)
+    a, G = coef
+    f = (a - 1.0) * x
     x_mean = x - f + G**2 * model(x, t_cur).score
     return x_mean + G * noise(x)
 
 
-def ancestral_step(model, sde: LinearSDE, x, t_cur, t_next, noise):
+def ancestral_plan(sde: LinearSDE, x, ts):
+    a, b2 = sde.transition(ts[1:], ts[:-1])  # x_cur = a x_next + b z
+    std = torch.sqrt(b2 * sde.sigma(ts[1:]) ** 2 / sde.sigma(ts[:-1]) ** 2)
+    return _cast_steps(x, b2, a, std)
+
+
+def ancestral_step(model, x, t_cur, coef, noise):
     """Ancestral step (Song et al. 2021, App. F; Ho et al. 2020): the posterior q(x_next | x, Tweedie x0)."""
-    a, b2 = sde.transition(t_next, t_cur)  # x_cur = a x_next + b z
-    std = torch.sqrt(b2 * sde.sigma(t_next) ** 2 / sde.sigma(t_cur) ** 2)
-    x_mean = (x + b2.to(x.dtype) * model(x, t_cur).score) / a.to(x.dtype)
-    return x_mean + std.to(x.dtype) * noise(x)
+    b2, a, std = coef
+    x_mean = (x + b2 * model(x, t_cur).score) / a
+    return x_mean + std * noise(x)
 
 
 PREDICTORS = {
-    "euler_maruyama": euler_maruyama_step,
-    "reverse_diffusion": reverse_diffusion_step,
-    "ancestral": ancestral_step,
+    "euler_maruyama": (euler_maruyama_plan, euler_maruyama_step),
+    "reverse_diffusion": (reverse_diffusion_plan, reverse_diffusion_step),
+    "ancestral": (ancestral_plan, ancestral_step),
     "none": None,
 }
 CORRECTORS = ("langevin", "ald", "none")
@@ -104,9 +126,10 @@ def ancestral_coefficients(sde: LinearSDE, ts) -> CoefficientTable:
     return _predictor_table("ancestral", sde, ts, True)
 
 
-def _predictor_loop(step, model, sde, x, ts, noise, callback):
-    for i in range(len(ts) - 1):
-        x = step(model, sde, x, ts[i], ts[i + 1], noise)
+def _predictor_loop(predictor, model, sde, x, ts, noise, callback):
+    plan, step = predictor
+    for i, coef in enumerate(plan(sde, x, ts)):
+        x = step(model, x, ts[i], coef, noise)
         x = callback(i, x)
     return x
 
@@ -116,21 +139,21 @@ def _predictor_loop(step, model, sde, x, ts, noise, callback):
           coefficients=euler_maruyama_coefficients, paper="Song et al. 2021, App. E (EulerMaruyamaPredictor)")
 def euler_maruyama(model, sde: LinearSDE, x, ts, *, noise, callback):
     """Euler-Maruyama on the reverse-time SDE (Song et al. 2021, Eq. 6); strong order 1/2 (1 if additive), 1 NFE per step."""
-    return _predictor_loop(euler_maruyama_step, model, sde, x, ts, noise, callback)
+    return _predictor_loop(PREDICTORS["euler_maruyama"], model, sde, x, ts, noise, callback)
 
 
 @register("reverse_diffusion", kind="sde", strong_order=1.0, stochastic=True, nfe=1, default_steps=1000,
           coefficients=reverse_diffusion_coefficients, paper="Song et al. 2021, App. E (ReverseDiffusionPredictor)")
 def reverse_diffusion(model, sde: LinearSDE, x, ts, *, noise, callback):
     """Reverse-diffusion predictor (Song et al. 2021, App. E, Eq. 46) on the exact transition; 1 NFE per step."""
-    return _predictor_loop(reverse_diffusion_step, model, sde, x, ts, noise, callback)
+    return _predictor_loop(PREDICTORS["reverse_diffusion"], model, sde, x, ts, noise, callback)
 
 
 @register("ancestral", kind="sde", strong_order=1.0, stochastic=True, nfe=1, default_steps=1000,
           coefficients=ancestral_coefficients, paper="Song et al. 2021, App. F (AncestralSamplingPredictor); Ho et al. 2020")
 def ancestral(model, sde: LinearSDE, x, ts, *, noise, callback):
     """Ancestral sampling (Song et al. 2021, App. F; Ho et al. 2020, Alg. 2) for any linear SDE; 1 NFE per step."""
-    return _predictor_loop(ancestral_step, model, sde, x, ts, noise, callback)
+    return _predictor_loop(PREDICTORS["ancestral"], model, sde, x, ts, noise, callback)
 
 
 # ---------------------------------------------------------------------- predictor-corrector
@@ -203,6 +226,7 @@ def pc(model, sde: LinearSDE, x, ts, *, noise, callback, predictor: str = "rever
             "far out (2-D mixture, exact score: about 2% of samples); use norm='batch' (score_sde's rule) "
             "or corrector='ald' (see docs/samplers.md)", UserWarning, stacklevel=3)
     predict = PREDICTORS[predictor]
+    coefs = predict[0](sde, x, ts) if predict is not None else None
     # alpha_i = a^2 of each step's transition (1 - beta_i on VP, 1 on VE), float64, before the loop.
     alphas = sde.transition(ts[1:], ts[:-1])[0] ** 2
 
@@ -221,7 +245,7 @@ def pc(model, sde: LinearSDE, x, ts, *, noise, callback, predictor: str = "rever
             x = correct(x, t_cur, alphas[i])
         # Predictor step t_cur -> t_next.
         if predict is not None:
-            x = predict(model, sde, x, t_cur, t_next, noise)
+            x = predict[1](model, x, t_cur, coefs[i], noise)
         # The paper's order (Alg. 1): correct at t_next.
         if not corrector_first:
             x = correct(x, t_next, alphas[i])
