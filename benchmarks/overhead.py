@@ -191,7 +191,7 @@ def _time_one(model, sde, spec, ts, opts, eng, B, x, clock, bare_call, reps, own
         model.reset_nfe()
         t0 = clock()
         if eng == "eager":
-            spec.fn(model, sde, x_T, ts, noise=noise, callback=lambda i, xx: None, **opts)
+            spec.fn(model, sde, x_T, ts, noise=noise, callback=lambda i, xx: xx, **opts)
         else:
             from scoresde.engine import run
 
