@@ -27,13 +27,12 @@ from .._utils import FolderLock, atomic_write_text
 from ..distributed import pick_device
 from . import peers, quality
 from .cells import Cell, Entry, Sweep, shard
-from .measure import PeakMemory, environment, sync, time_network_eval
+from .measure import PeakMemory, TensorPeak, environment, sync, time_network_eval
 from .problems import Problem
 from .store import ResultStore, merge_shards
 
 __all__ = ["run_sweep", "run_cell", "per_sample_seeds", "is_adaptive"]
 
-_CPU_WARMUP_BATCH = 32
 
 
 def per_sample_seeds(seed: int, n: int) -> torch.Tensor:
@@ -92,9 +91,14 @@ def run_cell(
         "threads": torch.get_num_threads(), "time": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     try:
+        tensor_mb = float("nan")
         if warmup:
-            wb = b if device.type == "cuda" else min(b, _CPU_WARMUP_BATCH)
-            _sample_all(model, problem, cell, wb, wb, seeds[:wb], device, dtype)
+            if device.type == "cuda":
+                _sample_all(model, problem, cell, b, b, seeds[:b], device, dtype)
+            else:  # the CPU warm-up is the memory run: tensor peak, exact but slow per op (not timed)
+                with TensorPeak() as tp:
+                    _sample_all(model, problem, cell, b, b, seeds[:b], device, dtype)
+                tensor_mb = tp.mb
         walls: list[float] = []
         with PeakMemory(device) as mem:
             while not walls or (sum(walls) < min_time and len(walls) < max_timed_runs):
@@ -124,8 +128,9 @@ def run_cell(
         samples_per_s=n / wall,
         net_eval_s=net,
         overhead=wall / (nfe_calls * net) if nfe_calls else float("nan"),
-        peak_mem_mb=mem.mb,
-        mem_method=mem.method,
+        peak_mem_mb=mem.mb if device.type == "cuda" else tensor_mb,
+        mem_method=mem.method if device.type == "cuda" else "tensor_peak",
+        rss_growth_mb=None if device.type == "cuda" else mem.mb,
     )
     extra = {k: v for r in results[:1] for k, v in r.extra.items() if isinstance(v, (int, float, str, bool))}
     if extra:
