@@ -664,9 +664,11 @@ def _check_config(config: dict, file: Path) -> None:
     net = config.get("net")
     if not (isinstance(net, dict) and isinstance(net.get("name"), str) and isinstance(net.get("kwargs") or {}, dict)):
         _bad(file, "net", net, "{'name': a registered net, 'kwargs': {...}}")
-    for name in ("sde", "model"):
+    for name in ("sde", "model", "train", "loss", "scaler"):
         if config.get(name) is not None and not isinstance(config[name], dict):
             _bad(file, name, config[name], "a JSON object")
+    if "world_size" in config and not Int(ge=1).accepts(config["world_size"]):
+        _bad(file, "world_size", config["world_size"], "an integer >= 1")
     shape = config.get("data_shape")
     if shape is not None and not (isinstance(shape, list) and 1 <= len(shape) <= 4
                                   and all(Int(ge=1).accepts(d) for d in shape)):

@@ -1,4 +1,4 @@
-"""A small CNN classifier of the 8x8 digits, for a Frechet distance of the digits ("FID" of the digits).
+"""A small CNN classifier of the 8x8 digits, for a Frechet distance ("FID") and a kernel distance ("KID") of the digits.
 
 FID (Heusel et al. 2017) compares Gaussians fitted to the features of a pretrained classifier.
 For the 8x8 digits of :func:`sklearn.datasets.load_digits` we train our own classifier: two 3x3
@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 
 from ._utils import atomic_write_bytes
-from .metrics import METRICS, frechet_distance_from_samples
+from .metrics import METRICS, frechet_distance_from_samples, kernel_distance
 
 __all__ = [
     "DigitsConfig",
@@ -35,6 +35,7 @@ __all__ = [
     "digits_logits",
     "digits_classifier_accuracy",
     "frechet_digits_distance",
+    "kernel_digits_distance",
     "cache_dir",
 ]
 
@@ -191,4 +192,11 @@ def frechet_digits_distance(x: Tensor, y: Tensor, config: DigitsConfig = DigitsC
     return frechet_distance_from_samples(digits_features(x, config), digits_features(y, config))
 
 
+def kernel_digits_distance(x: Tensor, y: Tensor, config: DigitsConfig = DigitsConfig()) -> float:
+    """KID of the digits: :func:`~scoresde.metrics.kernel_distance` (unbiased MMD^2, cubic polynomial kernel;
+    Binkowski et al. 2018) of the classifier features of x and y, on the full sets."""
+    return kernel_distance(digits_features(x, config), digits_features(y, config))
+
+
 METRICS.add("fd", frechet_digits_distance, label="FD", kind="distance", aliases=("frechet_digits",))
+METRICS.add("kd", kernel_digits_distance, label="KD", kind="distance", aliases=("kid_digits",))

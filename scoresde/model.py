@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 from torch import Tensor, nn
 
-from ._utils import append_dims, batch_time, check_choice
+from ._utils import append_dims, as_time, batch_time, check_choice
 from .registry import Bool, Real
 from .sde import LinearSDE
 
@@ -116,8 +116,8 @@ class ScoreModel(nn.Module):
             ``log_sigma``, ``lambda``, or ``edm`` (ln(sigma~)/4). ``denoiser`` always receives
             sigma~ and ``edm`` always receives ln(sigma~)/4.
         sigma_data: EDM's data std (``edm`` only), default 0.5.
-        check_finite: raise :class:`NonFiniteError` on NaN/Inf output (costs one host sync
-            per call on GPU; samplers may turn it off and check once at the end).
+        check_finite: raise :class:`NonFiniteError` on NaN/Inf output (one sum of the output per
+            call, and one host sync per call on GPU unless inside :meth:`deferred_finite_check`).
 
     Calling ``model(x, t, **cond)`` makes exactly one network call and returns a
     :class:`Prediction`; ``model.nfe`` counts calls (one per batch call).
@@ -150,9 +150,15 @@ class ScoreModel(nn.Module):
         self.check_finite = check_finite
         self.nfe = 0
         self._deferred: list | None = None
+        self._grid_cache: dict = {}
+        self._dtype_param: tuple | None = None
 
     def reset_nfe(self) -> None:
         self.nfe = 0
+
+    def count(self, calls: int = 1) -> None:
+        """Add network calls made outside :meth:`forward` (engines that call ``net`` themselves)."""
+        self.__dict__["nfe"] += int(calls)
 
     def _c_noise(self, t: Tensor) -> Tensor:
         sde, mode = self.sde, self.noise_input
@@ -166,6 +172,55 @@ class ScoreModel(nn.Module):
             return sde.lam(t)
         return 0.25 * torch.log(sde.sigma_tilde(t))  # edm
 
+    def _time_terms(self, t: Tensor, ndim: int, x_dtype: torch.dtype, net_dtype: torch.dtype) -> dict[str, Tensor]:
+        """The time-only quantities of a call at times t (M,), float64 arithmetic, cast once:
+        alpha and sigma as (M, 1, ...) in x's dtype, c_noise (M,) in the network's dtype, and for
+        ``edm`` c_in, c_skip, c_out (M, 1, ...) in x's dtype."""
+        sde, p = self.sde, self.parameterization
+        alpha64, sigma64 = sde.alpha(t), sde.sigma(t)
+        terms = {"alpha": append_dims(alpha64, ndim).to(x_dtype), "sigma": append_dims(sigma64, ndim).to(x_dtype)}
+        if p == "denoiser":
+            terms["c_noise"] = (sigma64 / alpha64).to(net_dtype)  # sigma~
+        elif p == "edm":
+            s = sigma64 / alpha64  # sigma~, float64
+            sd = self.sigma_data
+            s_ = append_dims(s, ndim).to(x_dtype)
+            terms["c_in"] = 1.0 / torch.sqrt(s_**2 + sd**2)
+            terms["c_skip"] = sd**2 / (s_**2 + sd**2)
+            terms["c_out"] = s_ * sd / torch.sqrt(s_**2 + sd**2)
+            terms["c_noise"] = (0.25 * torch.log(s)).to(net_dtype)
+        else:
+            terms["c_noise"] = self._c_noise(t).to(net_dtype)
+        return terms
+
+    def _grid_terms(self, t: Any, x: Tensor, net_dtype: torch.dtype) -> dict[str, Tensor] | None:
+        """Time terms for a scalar t that is an element of a 1-D float64 grid (``ts[i]``), from a
+        per-grid cache: the float64 arithmetic and the casts run once per grid, not once per call.
+        None when t is not such a view (or its grid cannot be tracked, e.g. an inference tensor)."""
+        if not isinstance(t, Tensor) or t.ndim != 0 or t.dtype != torch.float64 or t.device != x.device:
+            return None
+        base = t._base
+        if base is None or base.ndim != 1 or base.dtype != torch.float64 or not base.is_contiguous() or base.shape[0] > 100_000:
+            return None
+        try:
+            version = base._version  # views share it: an in-place change of the grid invalidates the entry
+        except RuntimeError:
+            return None
+        B = x.shape[0]
+        key = (id(base), x.dtype, net_dtype, x.ndim, B)
+        entry = self._grid_cache.get(key)
+        if entry is None or entry[0] is not base or entry[1] != version:
+            if len(self._grid_cache) >= 8:
+                self._grid_cache.clear()
+            terms = self._time_terms(base, x.ndim, x.dtype, net_dtype)
+            # One dict of ready (B, ...) views per grid point.
+            rows = [{k: v[i : i + 1].expand(B, *v.shape[1:]) for k, v in terms.items()} for i in range(base.shape[0])]
+            entry = self._grid_cache[key] = (base, version, rows)  # holds the grid: its id cannot be reused
+        row = entry[2][t.storage_offset() - base.storage_offset()]
+        # c_noise is handed to the network: a fresh tensor, so that an in-place change of it cannot
+        # reach the cache; the others stay views.
+        return {**row, "c_noise": row["c_noise"].clone()}
+
     def forward(self, x: Tensor, t: Tensor | float, **cond: Any) -> Prediction:
         """One network call at (x, t). x: (B, *D); t: (B,) or scalar, SDE time."""
         if not isinstance(x, Tensor) or x.ndim < 2:
@@ -174,42 +229,75 @@ class ScoreModel(nn.Module):
                 f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
             )
         _check_real_input(x)
+        net_dtype = self.net_dtype(x.dtype)
+        terms = self._grid_terms(t, x, net_dtype)
         t = batch_time(t, x.shape[0], x.device)
-        sde = self.sde
-        alpha64, sigma64 = sde.alpha(t), sde.sigma(t)
-        _check_denominators(self.parameterization, t, alpha64, sigma64)
-        alpha = append_dims(alpha64, x.ndim).to(x.dtype)
-        sigma = append_dims(sigma64, x.ndim).to(x.dtype)
+        if terms is None:
+            terms = self._time_terms(t, x.ndim, x.dtype, net_dtype)
+        alpha, sigma, c_noise = terms["alpha"], terms["sigma"], terms["c_noise"]
+        _check_denominators(self.parameterization, t, alpha, sigma)
         p = self.parameterization
-        net_dtype = _net_dtype(self.net, x.dtype)
         if p in ("denoiser", "edm"):
-            s = sigma64 / alpha64  # sigma~, float64
             x_in = x / alpha
             if p == "denoiser":
-                out = _unwrap(self.net(x_in.to(net_dtype), s.to(net_dtype), **cond))
+                out = _unwrap(self.net(x_in.to(net_dtype), c_noise, **cond))
             else:
-                sd = self.sigma_data
-                s_ = append_dims(s, x.ndim).to(x.dtype)
-                c_in = 1.0 / torch.sqrt(s_**2 + sd**2)
-                c_skip = sd**2 / (s_**2 + sd**2)
-                c_out = s_ * sd / torch.sqrt(s_**2 + sd**2)
-                c_noise = (0.25 * torch.log(s)).to(net_dtype)
-                F = _unwrap(self.net((c_in * x_in).to(net_dtype), c_noise, **cond))
+                F = _unwrap(self.net((terms["c_in"] * x_in).to(net_dtype), c_noise, **cond))
                 self._check_shape(F, x)
-                out = c_skip * x_in + c_out * F.to(x.dtype)
+                out = terms["c_skip"] * x_in + terms["c_out"] * F.to(x.dtype)
             kind = "x0"
         else:
-            out = _unwrap(self.net(x.to(net_dtype), self._c_noise(t).to(net_dtype), **cond))
+            out = _unwrap(self.net(x.to(net_dtype), c_noise, **cond))
             kind = p
         self._check_shape(out, x)
         out = out.to(x.dtype)
-        self.nfe += 1
+        self.count()  # past nn.Module.__setattr__, which costs more than the rest of this bookkeeping
         if self._deferred is not None:
             # No host sync: keep a device flag per call, inspected when the deferred block ends.
-            self._deferred.append((self.nfe, ~torch.isfinite(out).all(), t.detach().min(), t.detach().max()))
-        elif self.check_finite and not bool(torch.isfinite(out).all()):
+            self._deferred.append((self.nfe, torch.isfinite(out).all(), t))
+        elif self.check_finite and not _all_finite(out):
             raise _non_finite(self.nfe, t.detach().min(), t.detach().max(), x)
         return Prediction(x=x, t=t, alpha=alpha, sigma=sigma, kind=kind, out=out)
+
+    def net_dtype(self, default: torch.dtype) -> torch.dtype:
+        """The dtype of the network's first floating-point parameter (``default`` for a plain function)."""
+        where = self._dtype_param
+        if where is None:
+            where = self._dtype_param = _first_float_param(self.net)
+        if not where:
+            return default
+        p = getattr(where[0], where[1], None)
+        if not isinstance(p, Tensor):  # the module changed shape: look again
+            self._dtype_param = None
+            return self.net_dtype(default)
+        return p.dtype
+
+    def linear_io(self, t: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The call at times t (E,) float64 as linear maps, for engines that call the network themselves:
+        ``out = net(k_in * u, c_noise)`` and ``x0 = a_u * u + a_out * out`` for a model input u.
+
+        Returns float64 (E,) tensors ``(k_in, c_noise, a_u, a_out)``; the same formulas as
+        :meth:`forward` and :class:`Prediction` (module docstring), rearranged.
+        """
+        t = as_time(t)
+        sde, p = self.sde, self.parameterization
+        alpha, sigma = sde.alpha(t), sde.sigma(t)
+        one, zero = torch.ones_like(t), torch.zeros_like(t)
+        if p == "eps":  # x0 = (u - sigma eps) / alpha
+            return one, self._c_noise(t), 1.0 / alpha, -sigma / alpha
+        if p == "score":  # eps = -sigma score
+            return one, self._c_noise(t), 1.0 / alpha, sigma**2 / alpha
+        if p == "x0":
+            return one, self._c_noise(t), zero, one
+        if p == "v":  # x0 = (alpha u - sigma r v) / r^2
+            r = torch.sqrt(alpha**2 + sigma**2)
+            return one, self._c_noise(t), alpha / r**2, -sigma / r
+        s = sigma / alpha
+        if p == "denoiser":  # x0 = D(u / alpha; sigma~)
+            return 1.0 / alpha, s, zero, one
+        sd = self.sigma_data  # edm: x0 = c_skip u / alpha + c_out F(c_in u / alpha, ln(sigma~) / 4)
+        c_in, c_skip, c_out = 1.0 / torch.sqrt(s**2 + sd**2), sd**2 / (s**2 + sd**2), s * sd / torch.sqrt(s**2 + sd**2)
+        return c_in / alpha, 0.25 * torch.log(s), c_skip / alpha, c_out
 
     @contextlib.contextmanager
     def deferred_finite_check(self):
@@ -228,9 +316,9 @@ class ScoreModel(nn.Module):
             self._deferred = None
         if records:
             flags = torch.stack([r[1] for r in records]).cpu()
-            if bool(flags.any()):
-                call, _, tmin, tmax = records[int(torch.nonzero(flags)[0])]
-                raise _non_finite(call, tmin, tmax)
+            if not bool(flags.all()):
+                call, _, t = records[int(torch.nonzero(~flags)[0])]
+                raise _non_finite(call, t.detach().min(), t.detach().max())
 
     @staticmethod
     def _check_shape(out: Any, x: Tensor) -> None:
@@ -283,10 +371,10 @@ def _check_denominators(p: str, t: Tensor, alpha: Tensor, sigma: Tensor) -> None
     host synchronisation; on other devices the division runs and sample() reports the non-finite samples."""
     if p == "score" or t.device.type != "cpu":
         return
-    bad = (sigma == 0) | (alpha == 0)
+    bad = ((sigma == 0) | (alpha == 0)).reshape(sigma.shape[0], -1).any(1)  # (B,): alpha, sigma may be (B, 1, ...)
     if bool(bad.any()):
         i = int(torch.nonzero(bad)[0])
-        which = "sigma(t) = 0" if float(sigma[i]) == 0 else "alpha(t) = 0"
+        which = "sigma(t) = 0" if float(sigma.reshape(sigma.shape[0], -1)[i, 0]) == 0 else "alpha(t) = 0"
         raise ValueError(
             f"a model with parameterization={p!r} is undefined at t={float(t[i]):.6g}, where {which} (its conversions "
             "divide by sigma and alpha); evaluate it at times with sigma(t) > 0 and alpha(t) > 0 (e.g. t >= sde.t_min), "
@@ -307,12 +395,22 @@ def _non_finite(call: int, tmin: Tensor, tmax: Tensor, x: Tensor | None = None) 
     )
 
 
-def _net_dtype(net: Any, default: torch.dtype) -> torch.dtype:
+def _first_float_param(net: Any) -> tuple:
+    """(module, name) of the network's first floating-point parameter; () when it has none."""
     if isinstance(net, nn.Module):
-        for p in net.parameters():
-            if p.is_floating_point():
-                return p.dtype
-    return default
+        for mod in net.modules():
+            for name, p in mod.named_parameters(recurse=False):
+                if p.is_floating_point():
+                    return (mod, name)
+    return ()
+
+
+def _all_finite(out: Tensor) -> bool:
+    """Whether out has no NaN or Inf: one sum (NaN and Inf propagate through it) and, only when the
+    sum is not finite (a NaN, an Inf, or finite values that overflow the sum), the exact check."""
+    if math.isfinite(float(out.detach().sum())):
+        return True
+    return bool(torch.isfinite(out).all())
 
 
 def as_model(model: Any, sde: LinearSDE) -> ScoreModel:

@@ -18,7 +18,8 @@ from torch import Tensor
 
 from ._utils import atomic_write_bytes
 
-__all__ = ["pyplot", "save_figure", "save_sample_figure", "image_range", "image_grid_figure"]
+__all__ = ["pyplot", "save_figure", "save_sample_figure", "image_range", "image_grid_figure", "to_uint8",
+           "save_image_pngs"]
 
 
 def pyplot():
@@ -52,10 +53,11 @@ def image_range(scaler: Any, shape: tuple[int, ...]) -> tuple[float, float]:
 
 
 def save_sample_figure(x: Tensor, path: str | os.PathLike, *, title: str | None = None,
-                       value_range: tuple[float, float] | None = None) -> Path:
+                       value_range: tuple[float, float] | None = None, cols: int | None = None) -> Path:
     """A PNG of samples in data space: scatter for (N, 2) points, a grid for (N, C, H, W) images.
 
-    Images are shown clipped to ``value_range`` (default: the 0.5% and 99.5% quantiles of x).
+    Images are shown clipped to ``value_range`` (default: the 0.5% and 99.5% quantiles of x), in
+    rows of ``cols`` (default: a near-square grid).
     """
     plt = pyplot()
     x = x.detach().float().cpu()
@@ -64,7 +66,7 @@ def save_sample_figure(x: Tensor, path: str | os.PathLike, *, title: str | None 
             q = torch.quantile(x.flatten()[:1_000_000].double(), torch.tensor([0.005, 0.995], dtype=torch.float64))
             value_range = (float(q[0]), float(q[1]))
         lo, hi = value_range
-        fig = image_grid_figure(x.clamp(lo, hi), lo, max(hi, lo + 1e-12))
+        fig = image_grid_figure(x.clamp(lo, hi), lo, max(hi, lo + 1e-12), cols=cols)
     else:
         flat = x.reshape(x.shape[0], -1)
         if flat.shape[1] < 2:
@@ -78,11 +80,12 @@ def save_sample_figure(x: Tensor, path: str | os.PathLike, *, title: str | None 
     return save_figure(fig, path, dpi=120)
 
 
-def image_grid_figure(x: Tensor, lo: float, hi: float):
-    """A figure of the images x (N, C, H, W) in a near-square grid with grey separators."""
+def image_grid_figure(x: Tensor, lo: float, hi: float, cols: int | None = None):
+    """A figure of the images x (N, C, H, W) in rows of ``cols`` (default: a near-square grid) with grey
+    separators."""
     plt = pyplot()
     n, c, h, w = x.shape
-    cols = int(math.ceil(math.sqrt(n)))
+    cols = int(math.ceil(math.sqrt(n))) if cols is None else max(1, min(int(cols), n))
     rows = int(math.ceil(n / cols))
     grid = torch.full((c, rows * (h + 1) + 1, cols * (w + 1) + 1), lo + 0.35 * (hi - lo))  # grey separators
     for i in range(n):
@@ -94,3 +97,38 @@ def image_grid_figure(x: Tensor, lo: float, hi: float):
               interpolation="nearest")
     ax.axis("off")
     return fig
+
+
+def to_uint8(x: Tensor, value_range: tuple[float, float]) -> Tensor:
+    """Images x (N, C, H, W) in data space as uint8: ``value_range`` (lo, hi) maps to 0..255, rounded to
+    the nearest integer (ties to even) and clipped."""
+    lo, hi = (float(v) for v in value_range)
+    if not hi > lo:
+        raise ValueError(f"value_range must be (lo, hi) with hi > lo; got {value_range!r}")
+    x = x.detach().to(device="cpu", dtype=torch.float64)
+    return ((x - lo) * (255.0 / (hi - lo))).round().clamp(0, 255).to(torch.uint8)
+
+
+def save_image_pngs(x: Tensor, folder: str | os.PathLike, *, value_range: tuple[float, float],
+                    names: list[str] | None = None) -> list[Path]:
+    """One PNG per image of x (N, C, H, W), C = 1 (grey) or 3 (RGB), for external tools (FID): pixel
+    values from :func:`to_uint8`, each file written atomically; names default to ``000000.png``, ...
+    (the row index)."""
+    from PIL import Image  # a dependency of matplotlib
+
+    if not isinstance(x, Tensor) or x.ndim != 4 or x.shape[1] not in (1, 3):
+        got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+        raise ValueError(f"PNG export needs images of shape (N, 1 or 3, H, W); got {got}")
+    names = [f"{i:06d}.png" for i in range(x.shape[0])] if names is None else names
+    if len(names) != x.shape[0]:
+        raise ValueError(f"names must give one file name per image ({x.shape[0]}); got {len(names)}")
+    u8 = to_uint8(x, value_range)
+    folder = Path(folder)
+    paths = []
+    for img, name in zip(u8, names, strict=True):
+        arr = img[0].numpy() if img.shape[0] == 1 else img.permute(1, 2, 0).contiguous().numpy()
+        buf = io.BytesIO()
+        Image.fromarray(arr).save(buf, format="png")  # uint8 (H, W) -> "L", (H, W, 3) -> "RGB"
+        atomic_write_bytes(folder / name, buf.getvalue())
+        paths.append(folder / name)
+    return paths

@@ -16,13 +16,16 @@ from __future__ import annotations
 
 import math
 import numbers
+import sys
 from typing import Iterable, Protocol, Sequence, runtime_checkable
 
 import torch
 from torch import Tensor
 
-__all__ = ["NoiseSource", "IndexedNoise", "PerSampleNoise", "GeneratorNoise", "TensorNoise", "philox_normal", "make_seeds",
-           "draw_indexed", "stream_position", "advance_stream"]
+__all__ = [
+    "NoiseSource", "IndexedNoise", "PerSampleNoise", "GeneratorNoise", "TensorNoise", "philox_normal",
+    "philox_normal_reference", "make_seeds", "draw_indexed", "stream_position", "advance_stream",
+]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
 _W0, _W1 = 0x9E3779B9, 0xBB67AE85
@@ -130,32 +133,166 @@ def make_seeds(batch: int, *, generator: torch.Generator | None = None, seeds=No
 class PerSampleNoise:
     """Counter-based noise: draw k for sample i depends only on (seeds[i], k).
 
-    ``subset(idx)`` gives the noise source of a subset of the samples that continues their
-    streams (used by samplers that advance samples independently, e.g. adaptive steps).
+    ``draws`` is the index of the next draw (assignable, e.g. to skip past draws made elsewhere).
+    Draws are generated a block at a time (up to ``prefetch`` draws of the same shape and dtype,
+    within about 2^15 Philox blocks per call) and served in order; the values are those of
+    :func:`philox_normal_reference`, bit for bit, whatever the block.
     """
 
-    def __init__(self, seeds: Tensor, start: int = 0):
-        self.seeds = seeds
+    #: at most this many (sample, 4-element block) counters per generating call
+    BLOCK_BUDGET = 1 << 15
+
+    def __init__(self, seeds: Tensor, start: int = 0, *, prefetch: int = 64):
+        if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
+            raise ValueError(f"prefetch must be a positive integer (draws generated per call); got {prefetch!r}")
+        self._seeds = seeds
         self.draws = start
+        self.prefetch = prefetch
+        self._keys: dict[torch.device, Tensor] = {}
+        self._buf: tuple | None = None  # (key, first draw, (L, B, n) normals)
+
+    @property
+    def seeds(self) -> Tensor:
+        return self._seeds
+
+    @seeds.setter
+    def seeds(self, value: Tensor) -> None:
+        self._seeds, self._keys, self._buf = value, {}, None
+
+    def round_keys(self, device: torch.device) -> Tensor:
+        """The per-round Philox keys of the seeds on ``device`` (computed once per device)."""
+        keys = self._keys.get(device)
+        if keys is None:
+            keys = self._keys[device] = _round_keys(self._seeds.to(device))
+        return keys
 
     def __call__(self, like: Tensor) -> Tensor:
-        if like.shape[0] != self.seeds.shape[0]:
-            raise ValueError(f"noise asked for a batch of {like.shape[0]}, but there are {self.seeds.shape[0]} seeds")
-        seeds = self.seeds.to(like.device)
+        if like.shape[0] != self._seeds.shape[0]:
+            raise ValueError(f"noise asked for a batch of {like.shape[0]}, but there are {self._seeds.shape[0]} seeds")
         n = like[0].numel()
-        z = philox_normal(seeds, self.draws, n, dtype=like.dtype if like.is_floating_point() else torch.float32)
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        key = (n, dtype, like.device)
+        k = self.draws
+        buf = self._buf
+        if buf is None or buf[0] != key or not buf[1] <= k < buf[1] + buf[2].shape[0]:
+            L = max(1, min(self.prefetch, self.BLOCK_BUDGET // (like.shape[0] * ((n + 3) // 4))))
+            draws = torch.arange(k, k + L, device=like.device, dtype=torch.int64)[:, None, None]
+            buf = self._buf = (key, k, _normals(self.round_keys(like.device), draws, n, dtype))
         self.draws += 1
-        return z.reshape(like.shape)
+        return buf[2][k - buf[1]].reshape(like.shape)
 
     def draw_per_sample(self, like: Tensor, counters: Tensor) -> Tensor:
         """Noise for sample i at its own draw index counters[i] (int64 tensor, (B,))."""
         n = like[0].numel()
-        out = philox_normal_counters(self.seeds.to(like.device), counters.to(like.device), n, like.dtype)
-        return out.reshape(like.shape)
+        cnt = counters.to(device=like.device, dtype=torch.int64)[None, :, None]
+        return _normals(self.round_keys(like.device), cnt, n, like.dtype)[0].reshape(like.shape)
 
 
 def philox_normal_counters(seeds: Tensor, counters: Tensor, n: int, dtype: torch.dtype) -> Tensor:
     """Like :func:`philox_normal` but with a per-sample draw index ``counters`` (B,)."""
+    keys = _round_keys(seeds.to(torch.int64))
+    cnt = counters.to(device=seeds.device, dtype=torch.int64)
+    return _normals(keys, cnt[None, :, None], n, dtype)[0]
+
+
+# ------------------------------------------------------------------ the fast path (eager torch)
+# The same Philox4x32-10 words and the same Box-Muller arithmetic as the reference below, with
+# far fewer tensor operations: the round keys depend on the seeds only and are computed once per
+# noise source; the two multiplications of a round run as one product of a stacked (2, ...)
+# tensor, with the 64-bit product taken modulo 2^64 (int64 multiplication wraps) and split by a
+# shift and masks; Box-Muller runs on the stacked words. Several draws are generated per call
+# (PerSampleNoise prefetches a block), so the per-operation cost is shared between draws.
+_ROUNDS = 10
+_MULT = (_M0, _M1)
+_LITTLE_ENDIAN = sys.byteorder == "little"  # the int32 views of int64 products below assume it
+
+
+def _as_i32(v: Tensor) -> Tensor:
+    """int64 values in [0, 2^32) -> int32 with the same 32 bits."""
+    return torch.where(v >= 2**31, v - 2**32, v).to(torch.int32)
+
+
+def _round_keys(seeds: Tensor) -> Tensor:
+    """(10, 2, 1, B, 1) int32: the Philox key (k0, k1) of every round for every seed (as 32-bit patterns)."""
+    s = seeds.to(torch.int64)
+    k = torch.stack([s & _MASK32, (s >> 32) & _MASK32])  # (2, B)
+    bumps = torch.tensor([[r * _W0, r * _W1] for r in range(_ROUNDS)], dtype=torch.int64, device=s.device)
+    return _as_i32((k[None] + bumps[:, :, None]) & _MASK32)[:, :, None, :, None]
+
+
+_MULT_CACHE: dict[torch.device, Tensor] = {}
+
+
+def _multipliers(device: torch.device) -> Tensor:
+    """(2,) int64 Philox multipliers on ``device``, made once per device (so that a draw inside a
+    CUDA graph capture makes no host-to-device copy)."""
+    M = _MULT_CACHE.get(device)
+    if M is None:
+        M = _MULT_CACHE[device] = torch.tensor(_MULT, dtype=torch.int64, device=device)
+    return M
+
+
+def _philox_words(keys: Tensor, draws: Tensor, nb: int) -> Tensor:
+    """(4, L, B, nb) int64 words for counters (block j, draw lo, draw hi, 0x5C0E5DE).
+
+    ``draws`` is (L, 1, 1) (the same draw for every sample) or (1, B, 1) (a draw per sample).
+    The state is held as int32 bit patterns; each round widens the two multiplicands to int64
+    (zero high words, one stack), multiplies (both factors < 2^32, so the product modulo 2^64 is
+    exact), and reads the products' low and high words back as an int32 view (little-endian).
+    """
+    dev, i32 = keys.device, torch.int32
+    shape = (draws.shape[0], keys.shape[3], nb)
+    # c0 = block j and c2 = draw hi are multiplied; c1 = draw lo and c3 = 0x5C0E5DE are xor-ed in.
+    c0 = torch.arange(nb, device=dev, dtype=i32)[None, None, :].expand(shape).contiguous()
+    c2 = ((draws >> 32) & _MASK32).to(i32).expand(shape).contiguous()
+    c1 = _as_i32(draws & _MASK32).expand(shape)
+    c3 = torch.full(shape, 0x5C0E5DE, device=dev, dtype=i32)
+    zero = torch.zeros(shape, dtype=i32, device=dev)
+    M = _multipliers(dev)
+    for r in range(_ROUNDS):
+        # (c0, c1, c2, c3) <- (hi1 ^ c1 ^ k0, lo1, hi0 ^ c3 ^ k1, lo0) with (hi0, lo0) = M0 c0, (hi1, lo1) = M1 c2.
+        wide = torch.stack([c0, zero, c2, zero], dim=-1).view(torch.int64)  # (L, B, nb, 2): c0, c2 as unsigned int64
+        p = (wide * M).view(torch.int32)  # (L, B, nb, 4): lo0, hi0, lo1, hi1
+        c0, c1, c2, c3 = p[..., 3] ^ c1 ^ keys[r, 0], p[..., 2], p[..., 1] ^ c3 ^ keys[r, 1], p[..., 0]
+    # back to unsigned values in int64
+    return torch.stack([c0, c1, c2, c3]).to(torch.int64) & _MASK32
+
+
+def _philox_words_portable(keys: Tensor, draws: Tensor, nb: int) -> Tensor:
+    """:func:`_philox_words` without int32 views (for big-endian hosts): shifts and masks."""
+    L, B = draws.shape[0], keys.shape[3]
+    dw = draws.expand(L, B, nb).reshape(-1)
+    j = torch.arange(nb, device=keys.device, dtype=torch.int64).repeat(L * B)
+    s = keys[0].to(torch.int64) & _MASK32  # round-0 keys (2, 1, B, 1)
+    k0, k1 = (v.expand(L, B, nb).reshape(-1) for v in s)
+    c3 = torch.full_like(j, 0x5C0E5DE)
+    w = philox4x32(j, dw & _MASK32, (dw >> 32) & _MASK32, c3, k0, k1)
+    return torch.stack([v.reshape(L, B, nb) for v in w])
+
+
+def _normals(keys: Tensor, draws: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """(L, B, n) standard normals of the given draws (Box-Muller exactly as the reference)."""
+    nb = (n + 3) // 4
+    w = _philox_words(keys, draws, nb) if _LITTLE_ENDIAN else _philox_words_portable(keys, draws, nb)
+    pairs = 1 if n <= 2 else 2  # n <= 2: only the first word pair of the one block is used
+    u = (w[: 2 * pairs].to(torch.float64) + 0.5) * (1.0 / 4294967296.0)
+    rad = torch.sqrt(-2.0 * torch.log(u[0::2]))  # from words 0 and 2
+    ang = 2 * math.pi * u[1::2]  # from words 1 and 3
+    # (rad0 cos, rad0 sin, rad1 cos, rad1 sin): element 4 j + q of a sample is pair q // 2
+    z = torch.stack([rad * torch.cos(ang), rad * torch.sin(ang)], dim=1)  # (pairs, cos/sin, L, B, nb)
+    L, B = z.shape[2], z.shape[3]
+    z = z.reshape(2 * pairs, L, B, nb).permute(1, 2, 3, 0).reshape(L, B, nb * 2 * pairs)
+    return z[..., :n].to(dtype).contiguous()
+
+
+# ------------------------------------------------------------------ the reference (readable) path
+def philox_normal_reference(seeds: Tensor, counters: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+    """The definition of the stream: (B, n) normals, draw ``counters[i]`` of sample i.
+
+    Philox4x32-10 on counters ``(j, draw lo, draw hi, 0x5C0E5DE)`` with key ``(seed lo, seed hi)``
+    gives 4 words per block j; Box-Muller on words (0, 1) and (2, 3) gives elements 4j .. 4j+3.
+    The fast path (:func:`philox_normal_counters`, :class:`PerSampleNoise`) equals this bit for bit.
+    """
     dev = seeds.device
     nb = (n + 3) // 4
     s = seeds.to(torch.int64)
@@ -163,7 +300,7 @@ def philox_normal_counters(seeds: Tensor, counters: Tensor, n: int, dtype: torch
     k0 = (s & _MASK32)[:, None].expand(B, nb)
     k1 = ((s >> 32) & _MASK32)[:, None].expand(B, nb)
     c0 = torch.arange(nb, device=dev, dtype=torch.int64)[None, :].expand(B, nb)
-    cnt = counters.to(torch.int64)
+    cnt = counters.to(device=dev, dtype=torch.int64)
     c1 = (cnt & _MASK32)[:, None].expand(B, nb)
     c2 = ((cnt >> 32) & _MASK32)[:, None].expand(B, nb)
     c3 = torch.full((B, nb), 0x5C0E5DE, device=dev, dtype=torch.int64)

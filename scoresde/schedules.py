@@ -92,7 +92,13 @@ def make_grid(
             raise ValueError(f"an explicit schedule must be a 1-D sequence of at least 2 times; got shape {tuple(ts.shape)}")
         if steps is not None and ts.numel() != steps + 1:
             raise ValueError(f"explicit schedule has {ts.numel()} times but steps={steps} needs {steps + 1}")
-        _check_grid(sde, ts, "schedule")
+        try:
+            _check_grid(sde, ts, "schedule")
+        except ValueError as err:
+            if float(ts[-1]) == 0.0:  # most likely a k-diffusion sigma list (noise levels, ending in 0)
+                raise ValueError(f"{err}. A k-diffusion sigma list? (ts, denoise) = "
+                                 "scoresde.adapters.grid_from_sigmas(sde, sigmas) converts it") from None
+            raise
         return ts
     if schedule not in GRIDS:
         raise ValueError(

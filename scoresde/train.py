@@ -12,6 +12,13 @@ from a generator seeded by ``(seed, e)``, and step s takes the batch at position
 epoch is dropped). The loss noise (t and eps) comes from a ``torch.Generator`` per process, seeded
 by ``(seed, rank)``; its state, torch's global RNG state (dropout) and the step are checkpointed.
 
+Label dropout (classifier-free guidance, Ho & Salimans 2022, Sec. 3.2 / Alg. 1): with
+``label_dropout = p > 0``, a class-conditional run replaces each label of the batch by the null
+label ``num_classes`` with probability p, so that the network learns the unconditional model on
+the same weights. The draw comes from the loss generator (before the loss's t and eps), so it is
+part of the checkpointed state and a resume stays exact; with p = 0 nothing is drawn (the noise
+streams are those of a run without the option).
+
 Data parallel (``torchrun``): the GLOBAL batch of ``batch_size`` is split into ``world_size``
 equal contiguous slices, rank r takes slice r; DistributedDataParallel averages the gradients, so
 the update is that of the global batch (the loss noise differs from a one-process run's, so loss
@@ -72,6 +79,7 @@ class TrainConfig:
     amp: str = "none"  # "none", "bf16" or "fp16" (CUDA only)
     loss: str = "dsm"  # a name in scoresde.losses.LOSSES
     loss_kwargs: dict = field(default_factory=dict)  # e.g. {"weighting": "likelihood"}
+    label_dropout: float = 0.0  # conditional runs: P(label -> the null label num_classes) per example (CFG)
     log_every: int = 50  # steps per loss-history entry (and per log line without a bar)
     progress: bool | None = None  # tqdm bar (None: only on a terminal)
     verbose: bool = True  # print log lines when there is no bar
@@ -87,7 +95,7 @@ _TRAIN_PARAMS = {
     "steps": _POS_INT, "batch_size": _POS_INT, "log_every": _POS_INT, "snapshot_steps": _POS_INT,
     "warmup": _NONNEG_INT, "ckpt_every": _NONNEG_INT, "keep": _NONNEG_INT, "snapshot_every": _NONNEG_INT,
     "snapshot_n": _NONNEG_INT, "seed": _NONNEG_INT, "lr": Real(gt=0), "weight_decay": Real(ge=0),
-    "grad_clip": Real(ge=0), "ema_decay": Real(ge=0, lt=1), "amp": Choice(AMP_MODES),
+    "grad_clip": Real(ge=0), "ema_decay": Real(ge=0, lt=1), "label_dropout": Real(ge=0, le=1), "amp": Choice(AMP_MODES),
     "loss_kwargs": Anything(types=(dict,)), "progress": Maybe(Bool()), "verbose": Bool(),
     "snapshot_sampler": Anything(types=(str,)), "device": Anything(types=(str,)), "loss": Anything(types=(str,)),
 }
@@ -183,6 +191,14 @@ class Trainer:
         if self.conditional and self.y is None:
             raise ValueError("conditional training needs labels: the data set has no .y")
         self.y = self.y.to(self.device) if (self.conditional and self.y is not None) else None
+        if cfg.label_dropout and not self.conditional:
+            raise ValueError(f"label_dropout={cfg.label_dropout} needs class-conditional training (a net built with "
+                             "num_classes and a data set with labels); use label_dropout=0 for an unconditional run")
+        # the "no label" index (LabelEmbedding's convention: classes 0..C-1, C = null)
+        self.null_label = int(num_classes) if (self.conditional and num_classes) else None
+        if cfg.label_dropout and self.null_label is None:
+            raise ValueError(f"label_dropout={cfg.label_dropout} needs a net with num_classes (its null label); "
+                             f"{type(self.net).__name__}.config() has none")
 
         self.ema = _copy_module(self.net).eval().requires_grad_(False)
         ddp_net = self.net
@@ -227,6 +243,12 @@ class Trainer:
         cond = {"y": self.y[idx]} if self.y is not None else None
         return self.x[idx], cond
 
+    def _drop_labels(self, y: Tensor) -> Tensor:
+        """Label dropout: each label becomes the null label with probability ``label_dropout``
+        (drawn from the loss generator, on the device: no host sync)."""
+        u = torch.rand(y.shape, generator=self.loss_gen, device=self.device)
+        return torch.where(u < self.config.label_dropout, torch.full_like(y, self.null_label), y)
+
     def _autocast(self):
         if self.config.amp == "none":
             return contextlib.nullcontext()
@@ -239,6 +261,8 @@ class Trainer:
         x0, cond = self._batch(self.step)
         for group in self.optimizer.param_groups:
             group["lr"] = self._lr(self.step)
+        if cond is not None and cfg.label_dropout > 0:
+            cond = {**cond, "y": self._drop_labels(cond["y"])}
         with self._autocast():
             loss = self.loss_fn(self.train_model, x0, generator=self.loss_gen, cond=cond)
         self.optimizer.zero_grad(set_to_none=True)
@@ -354,6 +378,7 @@ class Trainer:
             "data_shape": list(self.x.shape[1:]),
             "data_kind": getattr(data, "kind", "points"),
             "conditional": self.conditional,
+            "null_label": self.null_label,
             "train": dataclasses.asdict(self.config),
             "world_size": self.world,
         }
@@ -478,8 +503,11 @@ class Trainer:
         unknown = sorted(set(overrides) - {f.name for f in dataclasses.fields(TrainConfig)})
         if unknown:
             raise TypeError(f"unknown TrainConfig field(s) {unknown}; valid: {[f.name for f in dataclasses.fields(TrainConfig)]}")
-        try:  # the stored settings alone first, so that an error in the file is named as one
-            TrainConfig(**cfg_dict)
+        try:  # the stored settings alone first (the loss they name included), so that an error in the file is named as one
+            stored = TrainConfig(**cfg_dict)
+            from .losses import get_loss
+
+            get_loss(stored.loss, **stored.loss_kwargs)
         except (TypeError, ValueError) as err:
             raise ckpt_mod.CheckpointError(f"{ck.path / ckpt_mod.CONFIG_FILE}: bad trainer config: {err}") from None
         cfg_dict.update(overrides)

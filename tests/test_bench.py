@@ -297,3 +297,27 @@ def test_a_second_sweep_on_the_same_folder_is_refused_naming_the_first(tmp_path)
     assert first["ran"] > 0 and again["ran"] == 0
     lines = (out / "results.jsonl").read_text().splitlines()
     assert len(lines) == len({json.loads(line)["key"] for line in lines}) == first["ran"]
+
+
+def test_tensor_peak_measures_the_live_tensor_memory_of_a_block():
+    from scoresde.bench.measure import TensorPeak
+
+    with TensorPeak() as tp:
+        a = torch.zeros(1024, 256)  # 1 MiB float32
+        b = torch.ones(2048, 256)  # 2 MiB: 3 MiB live at once
+        del a, b
+        c = torch.zeros(512, 256)  # 0.5 MiB: the peak stays 3 MiB
+        del c
+    assert abs(tp.mb - 3.0) < 1e-9, tp.mb
+    with TensorPeak() as tp:
+        for _ in range(10):
+            x = torch.zeros(1024, 256)  # freed before the next: 1 MiB at most (+ the next before the old dies)
+            del x
+    assert abs(tp.mb - 1.0) < 1e-9, tp.mb
+
+
+def test_cpu_cells_report_a_nonzero_tensor_peak(tmp_path):
+    recs = run_sweep(_sweep(entries=[Entry("ddim")], **{**FAST, "warmup": True}), str(tmp_path), progress=False,
+                     report=False)["records"]
+    ok = [r for r in recs if r["status"] == "ok"]
+    assert ok and all(r["mem_method"] == "tensor_peak" and r["peak_mem_mb"] > 0 for r in ok)

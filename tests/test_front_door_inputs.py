@@ -132,3 +132,23 @@ def test_max_batch_splits_cond_and_x_T_and_refuses_what_it_cannot_split():
         scoresde.sample(GM.score_fn(SDE), SDE, (5, 2), "adaptive_sde", max_batch=2, return_trajectory=True)
     with pytest.raises(ValueError, match="max_batch=0 is not accepted"):
         scoresde.sample(GM.score_fn(SDE), SDE, (5, 2), "ddim", 3, max_batch=0)
+
+
+def test_a_bf16_network_runs_with_a_float32_state():
+    # Mixed precision: the network's parameters decide its dtype (inputs cast to it, its output cast
+    # back); the state and the float64 coefficients stay in the sample dtype. Exact eps as a bf16
+    # "network": the result differs from float32 by bf16 rounding (measured 0.036 rms on gmm16d, see
+    # docs/data/mixed_precision.md; here 2-D, 20 steps), and the state stays float32.
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from mixed_precision import LowPrecisionEps
+
+    out = {}
+    for dt in (torch.float32, torch.bfloat16):
+        model = scoresde.ScoreModel(LowPrecisionEps(GM, SDE, dt), SDE, "eps")
+        out[dt] = scoresde.sample(model, SDE, (64, 2), "dpmpp_2m", 20, seeds=range(64), dtype=torch.float32).x
+    assert out[torch.bfloat16].dtype == torch.float32
+    rms = float((out[torch.bfloat16] - out[torch.float32]).pow(2).mean().sqrt())
+    assert 1e-4 < rms < 0.2, rms  # visibly rounded (bf16 has 8 bits of mantissa), not broken

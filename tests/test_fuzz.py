@@ -91,7 +91,7 @@ def hostile_option(spec, name):
 
 SAMPLE_BAD = ["shape", "steps", "seeds", "generator", "schedule", "rho", "t_min", "T", "denoise", "x_T",
               "return_trajectory", "progress", "dtype", "cond", "max_batch", "noise", "noise_and_seeds", "device", "sampler",
-              "sde", "option", "unknown_option"]
+              "sde", "option", "unknown_option", "engine"]
 
 
 @st.composite
@@ -206,6 +206,8 @@ def sample_cases(draw, bad=None, sampler=None):
             k = draw(st.sampled_from(opts))
             kw[k] = draw(st.sampled_from(hostile_option(spec, k)))
             names = (k,)
+    elif bad == "engine":
+        kw["engine"] = draw(st.sampled_from(["nope", 3, None, "Eager"]))
     elif bad == "unknown_option":
         kw["etaa_typo"] = 1.0
         names = ("etaa_typo",)

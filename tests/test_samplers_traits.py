@@ -248,3 +248,34 @@ def test_variants_are_valid_and_reported_in_the_result(name, opts):
     res = scoresde.sample(model, sde, (2, 2), name, 3, noise=torch.Generator().manual_seed(0), dtype=F64, **opts)
     assert res.options == SPECS[name].validate(opts)
     assert bool(torch.isfinite(res.x).all())
+
+
+# ------------------------------------------------------------------------------------ engines
+TABLE_CASES = [(n, o) for n, o in CONFIGS if SPECS[n].traits(o).table]
+
+
+@pytest.mark.parametrize("name,opts", TABLE_CASES, ids=[_label(n, o) for n, o in TABLE_CASES])
+def test_the_torch_engine_gives_the_eager_samples_through_the_front_door(name, opts):
+    # Same per-sample noise stream, same NFE; the table re-associates the arithmetic (weights expanded),
+    # measured <= 5e-13 relative in float64 (tests/test_engine.py); 1e-10 of the path's scale leaves margin.
+    kw = dict(seeds=range(5), dtype=F64, return_trajectory=True, **opts)
+    model, sde = _model()
+    eager = scoresde.sample(model, sde, (5, 2), name, 6, **kw)
+    model, sde = _model()
+    fast = scoresde.sample(model, sde, (5, 2), name, 6, engine="torch", **kw)
+    assert fast.nfe == eager.nfe
+    scale = float(eager.trajectory.abs().max())
+    assert torch.allclose(fast.trajectory, eager.trajectory, rtol=0, atol=1e-10 * scale)
+    assert torch.allclose(fast.x, eager.x, rtol=0, atol=1e-10 * scale)
+
+
+def test_engines_are_refused_where_they_cannot_run():
+    model, sde = _model()
+    with pytest.raises(ValueError, match="engine='torch' runs a sampler's coefficient table, and sampler 'ode'"):
+        scoresde.sample(model, sde, (2, 2), "ode", 3, engine="torch")
+    with pytest.raises(ValueError, match="engine='warp' is not accepted"):
+        scoresde.sample(model, sde, (2, 2), "ddim", 3, engine="warp")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="graph"):
+            scoresde.sample(model, sde, (2, 2), "ddim", 3, engine="graph")
+    assert model.calls == 0

@@ -15,6 +15,8 @@ The other direction: :func:`to_k_diffusion` gives a k-diffusion-style denoiser `
 sigma~ = sigma/alpha, and :func:`to_diffusers` a diffusers-style model ``model(sample, timestep).sample``,
 so k-diffusion's sampling functions and diffusers' schedulers run on scoresde models.
 :func:`k_diffusion_sampling` loads k-diffusion's ``sampling.py`` without the rest of its package.
+:func:`diffusers_compatible` ``(sampler, scheduler)`` gives the ``sample()`` arguments that reproduce a
+diffusers scheduler's loop (grid, final step, lowered orders), warning about what cannot be.
 
 None of these imports a peer library at import time; the peers are optional (``pip install
 scoresde[peers]``). See docs/byo-model.md.
@@ -23,6 +25,7 @@ scoresde[peers]``). See docs/byo-model.md.
 from .diffusers import DiffusersModel, from_diffusers, sde_from_diffusers, to_diffusers
 from .edm import from_edm
 from .k_diffusion import KDiffusionDenoiser, from_k_diffusion, grid_from_sigmas, k_diffusion_sampling, to_k_diffusion
+from .presets import diffusers_compatible
 from .score_sde import from_score_sde
 
 __all__ = [
@@ -37,4 +40,5 @@ __all__ = [
     "k_diffusion_sampling",
     "from_score_sde",
     "from_edm",
+    "diffusers_compatible",
 ]

@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+from .problems import Problem, get_problem
+
 __all__ = ["Entry", "Cell", "Sweep", "parse_entries", "parse_int_list", "shard"]
 
 
@@ -73,7 +75,9 @@ class Sweep:
     Args:
         entries: sampler configurations (see :func:`parse_entries` for the CLI syntax).
         steps: step budgets (grid intervals) for fixed-grid samplers.
-        problems: problem names (``gmm2d-vp``, ``gmm16d-ve``, ``ckpt:PATH``; see :mod:`.problems`).
+        problems: problem names (``gmm2d-vp``, ``gmm16d-ve``, ``ckpt:PATH``, ``py:MODULE:FUNCTION``; see
+            :mod:`.problems`) or :class:`~scoresde.bench.Problem` objects (``Problem.from_model``: your own
+            model and reference data); a cell records the problem's name.
         seeds: sweep seeds; sample i of seed s uses the per-sample seed ``s * 2**32 + i``.
         n: samples per cell.
         batch: samples per :func:`scoresde.sample` call (0 = all n at once).
@@ -87,7 +91,7 @@ class Sweep:
 
     entries: Sequence[Entry]
     steps: Sequence[int] = (10, 20, 50, 100)
-    problems: Sequence[str] = ("gmm2d-vp",)
+    problems: Sequence[Any] = ("gmm2d-vp",)  # names or Problem objects
     seeds: Sequence[int] = (0,)
     n: int = 2000
     batch: int = 0
@@ -117,12 +121,33 @@ class Sweep:
             if isinstance(s, bool) or int(s) != s or s < 1:
                 raise ValueError(f"steps must be positive integers (step budgets; adaptive samplers get none "
                                  f"by themselves); got {s!r}")
+        names = self.problem_names()
+        dup = sorted({p for p in names if names.count(p) > 1})
+        if dup:
+            raise ValueError(f"problems must have distinct names (a cell is keyed by it); {dup[0]!r} appears twice")
+
+    def problem_names(self) -> list[str]:
+        """The problems' names, in order (a Problem object's ``.name``)."""
+        out = []
+        for p in self.problems:
+            if isinstance(p, Problem):
+                out.append(p.name)
+            elif isinstance(p, str) and p:
+                out.append(p)
+            else:
+                raise TypeError(f"problems must be names (str) or scoresde.bench.Problem objects; got {type(p).__name__}")
+        return out
+
+    def problem_objects(self) -> dict[str, Problem]:
+        """Name -> Problem, building the named ones (:func:`~scoresde.bench.get_problem`)."""
+        return {n: p if isinstance(p, Problem) else get_problem(p) for n, p in
+                zip(self.problem_names(), self.problems, strict=True)}
 
     def cells(self, is_adaptive: Callable[[Entry], bool] = lambda e: False) -> list[Cell]:
         """All cells in a fixed order (problem, entry, steps, seed). Entries for which
         ``is_adaptive(entry)`` holds have no step budget: one cell per seed with steps 0."""
         out = []
-        for problem in self.problems:
+        for problem in self.problem_names():
             for e in self.entries:
                 budgets = e.steps if e.steps is not None else ((0,) if is_adaptive(e) else tuple(self.steps))
                 for steps in budgets:

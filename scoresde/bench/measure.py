@@ -85,6 +85,57 @@ class PeakMemory:
             self.mb = max(0, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - self._base) / 1024
 
 
+class TensorPeak:
+    """Peak bytes of tensor storage that a block allocates and holds at once (any device; exact).
+
+    A ``TorchDispatchMode`` sees every storage an op creates and a weak-reference finaliser sees it
+    freed, so ``.mb`` is the high-water mark of the live tensor memory the block added: what the
+    process RSS cannot show on the CPU, where the allocator reuses freed memory (a small sweep cell
+    read 0.0 MB that way). Python-level cost per op: use it on an untimed run.
+    """
+
+    def __init__(self) -> None:
+        self.mb: float = float("nan")
+        self.method = "tensor_peak"
+
+    def __enter__(self) -> "TensorPeak":
+        import weakref
+
+        from torch.utils._python_dispatch import TorchDispatchMode
+        from torch.utils._pytree import tree_flatten
+
+        tracker = self
+        self._live = self._peak = 0
+        seen: set[int] = set()
+
+        def freed(key: int, n: int) -> None:
+            seen.discard(key)
+            tracker._live -= n
+
+        class _Mode(TorchDispatchMode):
+            def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+                out = func(*args, **(kwargs or {}))
+                for t in tree_flatten(out)[0]:
+                    if isinstance(t, torch.Tensor) and not t.is_meta:
+                        st = t.untyped_storage()
+                        key = id(st)
+                        if key not in seen:
+                            seen.add(key)
+                            n = st.nbytes()
+                            tracker._live += n
+                            tracker._peak = max(tracker._peak, tracker._live)
+                            weakref.finalize(st, freed, key, n)
+                return out
+
+        self._mode = _Mode()
+        self._mode.__enter__()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self._mode.__exit__(*exc)
+        self.mb = self._peak / 2**20
+
+
 def time_network_eval(model: Callable, x: torch.Tensor, t: float, *, min_repeats: int = 5, min_time: float = 0.05,
                       max_repeats: int = 1000) -> float:
     """Median seconds of one model call ``model(x, t)`` on this batch, device-synchronised.

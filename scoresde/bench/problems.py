@@ -11,13 +11,23 @@ Each is paired with an SDE by a suffix: ``-vp``, ``-subvp``, ``-ve``, ``-edm`` (
 e.g. ``gmm16d-ve``. A trained checkpoint is ``ckpt:PATH`` (``scoresde.checkpoint.load_model``);
 its samples are compared with held-out data of the set it was trained on.
 
+Your own model is :meth:`Problem.from_model` ``(name, model, sde, reference)``: any ScoreModel or
+``score_fn(x, t)`` (a diffusers UNet through ``scoresde.adapters.from_diffusers``, ...) with a tensor
+of reference samples or a sampler of them. On the command line it is ``py:MODULE:FUNCTION`` (or
+``py:path/to/file.py:FUNCTION``): that function, called with no arguments, returns the Problem.
+This imports and runs your module, as ``python -c "import MODULE"`` would; nothing from a
+checkpoint is ever executed (scoresde checkpoints are safetensors and JSON).
+
 Reference and floor sets are drawn with fixed seeds that depend on the sweep seed only, so every
 sampler of a sweep is compared with the same reference.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -86,6 +96,86 @@ class Problem:
     to_data: Callable[[Tensor], Tensor] | None = None  # model space -> the reference's space (None: same)
     info: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def from_model(
+        cls,
+        name: str,
+        model: Any,
+        sde: LinearSDE | None = None,
+        reference: Any = None,
+        *,
+        metrics: tuple[str, ...] | list[str] | None = None,
+        shape: tuple[int, ...] | None = None,
+        to_data: Callable[[Tensor], Tensor] | None = None,
+    ) -> "Problem":
+        """A benchmark problem from your own model and its reference data.
+
+        Args:
+            name: the problem's name in tables, plots and cell keys (a resumed sweep recognises
+                its cells by it: give another model another name).
+            model: a :class:`~scoresde.model.ScoreModel` (``model.sde`` is used when ``sde`` is
+                None) or a plain ``score_fn(x, t)``; moved to the sweep's device when it is an ``nn.Module``.
+            sde: the linear SDE the model was trained for.
+            reference: what the samples are compared with: a tensor of samples ``(M, *D)``
+                (the reference is n of them and the floor sets are n-subsets of the rest, drawn per
+                sweep seed; so M >= 2n), a sampler ``(n, generator=...) -> (n, *D)``, or an object with
+                ``.sample(n, generator=...)`` (a :class:`~scoresde.GaussianMixture` also enables the
+                mixture metrics).
+            metrics: metric names (default: the mixture metrics for a mixture, ``sw2, fd, kd`` for
+                8x8 digits ``(1, 8, 8)``, else ``sw2, mmd, energy``).
+            shape: one sample's shape (default: the reference's).
+            to_data: maps samples from model space to the reference's space (default: the same).
+        """
+        from ..metrics import METRICS
+        from ..model import ScoreModel
+
+        if not isinstance(name, str) or not name.strip() or "|" in name:
+            raise ValueError(f"name must be a non-empty string without '|' (it is part of the cell key); got {name!r}")
+        if isinstance(model, ScoreModel):
+            sde = model.sde if sde is None else sde
+        elif not callable(model):
+            raise TypeError(f"model must be a ScoreModel or a callable score_fn(x, t); got {type(model).__name__}")
+        if not isinstance(sde, LinearSDE):
+            raise TypeError(f"sde must be a scoresde LinearSDE (the model's SDE); got {type(sde).__name__}")
+        if to_data is not None and not callable(to_data):
+            raise TypeError(f"to_data must be callable (model space -> data space) or None; got {type(to_data).__name__}")
+        mix = reference if isinstance(reference, GaussianMixture) else None
+        if isinstance(reference, Tensor):
+            if reference.ndim < 2 or reference.shape[0] < 4 or not reference.is_floating_point():
+                raise ValueError(f"reference must be a float tensor of samples (M, *D) with M >= 4; got "
+                                 f"{reference.dtype} of shape {tuple(reference.shape)}")
+            pool = reference.detach().to("cpu", torch.float64)
+            ref_fn, floor_fn = _pool_sets(name, pool)
+            data_shape = tuple(pool.shape[1:])
+            kind = "samples"
+        else:
+            draw = getattr(reference, "sample", reference)
+            if not callable(draw):
+                raise TypeError("reference must be a tensor of samples (M, *D), a sampler (n, generator=...) -> (n, *D) "
+                                f"or an object with .sample(n, generator=...); got {type(reference).__name__}")
+            ref_fn, floor_fn = _sampler_sets(name, draw)
+            data_shape = tuple(ref_fn(2, 0).shape[1:])
+            kind = "sampler"
+        shape = tuple(int(d) for d in (shape if shape is not None else data_shape))
+        if metrics is None:
+            if mix is not None:
+                metrics = ("sw2", "mmd", "energy", "mode_err", "logp_gap")
+            elif data_shape == (1, 8, 8):
+                metrics = ("sw2", "fd", "kd")
+            else:
+                metrics = ("sw2", "mmd", "energy")
+        metrics = tuple(metrics)
+        for m in metrics:
+            METRICS.get(m)  # an unknown name raises, listing the accepted ones
+        net = model
+
+        def make_model(device):
+            return net.to(device) if isinstance(net, torch.nn.Module) else net
+
+        return cls(name=name, sde=sde, shape=shape, make_model=make_model, reference=ref_fn, floor_set=floor_fn,
+                   mixture=mix, metrics=metrics, to_data=to_data,
+                   info={"kind": "user", "reference": kind, "shape": list(shape), "sde": type(sde).__name__})
+
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(seed))
@@ -97,7 +187,7 @@ def _mixture_problem(name: str) -> Problem:
     if base not in MIXTURES or sde_name not in SDES:
         raise ValueError(
             f"problem {name!r} is not one of the accepted values: {', '.join(builtin_problem_names())}, "
-            "a bare mixture name (VP SDE), or ckpt:PATH"
+            "a bare mixture name (VP SDE), ckpt:PATH, or py:MODULE:FUNCTION"
         )
     gm, sde = mixture(base), SDES[sde_name]()
     return Problem(
@@ -138,22 +228,11 @@ def _checkpoint_problem(name: str) -> Problem:
     if ds.exact is not None:
         metrics: tuple[str, ...] = ("sw2", "mmd", "energy", "mode_err", "logp_gap")
     elif shape == (1, 8, 8):
-        metrics = ("sw2", "fd")
+        metrics = ("sw2", "fd", "kd")
     else:
         metrics = ("sw2", "mmd", "energy")
     model = ck.model
-
-    def perm(seed: int) -> Tensor:
-        return torch.randperm(data.shape[0], generator=_gen(_REF + seed))
-
-    def reference(n: int, seed: int) -> Tensor:
-        _check_pool(name, data.shape[0], n)
-        return data[perm(seed)[:n]]
-
-    def floor_set(n: int, seed: int, r: int) -> Tensor:
-        _check_pool(name, data.shape[0], n)
-        rest = perm(seed)[n:]  # disjoint from the reference; repeats are random subsets of it
-        return data[rest[torch.randperm(rest.numel(), generator=_gen(_FLOOR + 1000 * seed + r))[:n]]]
+    reference, floor_set = _pool_sets(name, data)
 
     return Problem(
         name=name,
@@ -169,6 +248,68 @@ def _checkpoint_problem(name: str) -> Problem:
     )
 
 
+def _pool_sets(name: str, data: Tensor) -> tuple[Callable[[int, int], Tensor], Callable[[int, int, int], Tensor]]:
+    """Reference and floor sets from a pool of samples: for seed s the pool is permuted once; the
+    first n points are the reference, n-subsets of the rest the floor sets (so n <= half the pool)."""
+
+    def perm(seed: int) -> Tensor:
+        return torch.randperm(data.shape[0], generator=_gen(_REF + seed))
+
+    def reference(n: int, seed: int) -> Tensor:
+        _check_pool(name, data.shape[0], n)
+        return data[perm(seed)[:n]]
+
+    def floor_set(n: int, seed: int, r: int) -> Tensor:
+        _check_pool(name, data.shape[0], n)
+        rest = perm(seed)[n:]  # disjoint from the reference; repeats are random subsets of it
+        return data[rest[torch.randperm(rest.numel(), generator=_gen(_FLOOR + 1000 * seed + r))[:n]]]
+
+    return reference, floor_set
+
+
+def _sampler_sets(name: str, draw: Callable) -> tuple[Callable[[int, int], Tensor], Callable[[int, int, int], Tensor]]:
+    """Reference and floor sets drawn from a sampler with the fixed seeds of the exact problems."""
+
+    def checked(n: int, g: torch.Generator) -> Tensor:
+        x = draw(n, generator=g)
+        if not isinstance(x, Tensor) or x.ndim < 2 or x.shape[0] != n:
+            raise ValueError(f"problem {name!r}: the reference sampler must return a tensor of n={n} samples (n, *D); "
+                             f"got {getattr(x, 'shape', type(x).__name__)}")
+        return x.detach().to("cpu", torch.float64)
+
+    return (lambda n, seed: checked(n, _gen(_REF + seed)),
+            lambda n, seed, r: checked(n, _gen(_FLOOR + 1000 * seed + r)))
+
+
+def _entry_point_problem(name: str) -> Problem:
+    """``py:MODULE:FUNCTION`` or ``py:FILE.py:FUNCTION``: FUNCTION() returns the Problem (your own code)."""
+    spec = name[len("py:"):]
+    target, sep, fn_name = spec.rpartition(":")
+    if not sep or not target or not fn_name.isidentifier():
+        raise ValueError(f"problem {name!r} must be py:MODULE:FUNCTION or py:PATH.py:FUNCTION (a function returning a "
+                         "scoresde.bench.Problem)")
+    if target.endswith(".py"):
+        if not os.path.isfile(target):
+            raise FileNotFoundError(f"problem {name!r}: file {target!r} does not exist")
+        mod_name = "_scoresde_problem_" + os.path.splitext(os.path.basename(target))[0]
+        mspec = importlib.util.spec_from_file_location(mod_name, target)
+        module = importlib.util.module_from_spec(mspec)
+        sys.modules[mod_name] = module
+        mspec.loader.exec_module(module)
+    else:
+        if os.getcwd() not in sys.path and "" not in sys.path:
+            sys.path.insert(0, os.getcwd())  # as python -m does: modules of the current folder
+        module = importlib.import_module(target)
+    fn = getattr(module, fn_name, None)
+    if not callable(fn):
+        raise ValueError(f"problem {name!r}: {target} has no function {fn_name!r}")
+    problem = fn()
+    if not isinstance(problem, Problem):
+        raise TypeError(f"problem {name!r}: {target}:{fn_name}() must return a scoresde.bench.Problem "
+                        f"(e.g. Problem.from_model(...)); got {type(problem).__name__}")
+    return problem
+
+
 def _check_pool(name: str, size: int, n: int) -> None:
     if 2 * n > size:
         raise ValueError(f"problem {name!r}: n={n} needs 2n={2 * n} data points (a reference and disjoint floor sets); "
@@ -176,9 +317,13 @@ def _check_pool(name: str, size: int, n: int) -> None:
 
 
 def get_problem(name: str) -> Problem:
-    """Build the problem ``name``: ``gmm2d-vp`` ... ``gmm64d-edm``, a bare mixture name, or ``ckpt:PATH``."""
+    """Build the problem ``name``: ``gmm2d-vp`` ... ``gmm64d-edm``, a bare mixture name, ``ckpt:PATH``,
+    or ``py:MODULE:FUNCTION`` (your function returning a Problem; a sweep names its cells by the
+    string given, so that a rerun of the same command resumes them)."""
     if not isinstance(name, str) or not name:
         raise ValueError(f"problem must be a non-empty string; got {name!r}")
     if name.startswith("ckpt:"):
         return _checkpoint_problem(name)
+    if name.startswith("py:"):
+        return _entry_point_problem(name)
     return _mixture_problem(name)

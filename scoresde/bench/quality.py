@@ -108,16 +108,19 @@ class Judge:
         return out
 
 
-_CACHE: dict[tuple, Judge] = {}
+_CACHE: dict[str, dict[tuple, Judge]] = {}
 
 
 def judge_for(problem: Problem, impls: dict[str, Callable], n: int, seed: int, repeats: int) -> Judge:
     """The :class:`Judge` of (problem, n, seed) with floors over ``repeats`` independent sets.
 
-    Deterministic in its arguments; cached for the life of the process."""
-    key = (problem.name, n, seed, repeats, tuple(sorted(impls)))
-    if key in _CACHE:
-        return _CACHE[key]
+    Deterministic in its arguments; cached for the life of the process (built-in mixtures by name,
+    any other problem on the Problem object itself, so two user problems of one name never share it)."""
+    key = (n, seed, repeats, tuple(sorted(impls)))
+    cache = _CACHE.setdefault(problem.name, {}) if problem.info.get("kind") == "mixture" else \
+        problem.__dict__.setdefault("_judges", {})
+    if key in cache:
+        return cache[key]
     ref = problem.reference(n, seed).to(torch.float64)
     floor_sets = [problem.floor_set(n, seed, r).to(torch.float64) for r in range(repeats)]
     fns = {name: bind(name, ref, mixture=problem.mixture, calibration=floor_sets[0]) for name in impls}
@@ -131,5 +134,5 @@ def judge_for(problem: Problem, impls: dict[str, Callable], n: int, seed: int, r
     for name, fn in fns.items():
         fl = floor_of([fn(f) for f in floor_sets], n)
         judge.floors[name] = {"rms": fl.rms, "mean": fl.mean, "std": fl.std if repeats > 1 else 0.0}
-    _CACHE[key] = judge
+    cache[key] = judge
     return judge

@@ -1,10 +1,12 @@
 """Tables and plots from benchmark records (``results.jsonl``).
 
-Records are averaged over seeds per (problem, sampler label, steps). The Markdown table gives,
+Records are averaged over seeds per (problem, sampler label, steps); a peer sampler that is not
+installed (records with status ``unavailable``) is one row that says so. The Markdown table gives,
 per problem, each metric divided by its noise floor (1 = indistinguishable from exact samples at
 this n), the raw sliced W2, NFE, wall time, samples/second, the overhead over bare network time
 and the peak memory. Plots (matplotlib Agg): quality vs NFE and quality vs wall time, one line per
-sampler, log axes, the noise floor as a horizontal band (mean +- one std over the floor repeats and seeds).
+sampler (peers' samplers dashed), log axes, the noise floor as a horizontal band (mean +- one std over the
+floor repeats and seeds).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any, Callable, Iterable
 from .._utils import atomic_write_text
 from ..metrics import METRICS as _METRICS
 from ..plots import pyplot, save_figure
+from .peers import is_peer
 from .quality import METRICS
 
 __all__ = ["aggregate", "markdown_table", "pivot_table", "plot_problem", "write_report", "floor_band"]
@@ -57,6 +60,8 @@ def aggregate(records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
                                "seeds": len(rs), "errors": len(rs) - len(ok), "n": rs[0]["n"]}
         if not ok:
             row["error"] = rs[0].get("error", "")
+        if rs and all(r.get("status") == "unavailable" for r in rs):
+            row["unavailable"] = rs[0].get("error") or "not installed"  # a peer sampler that is not installed
         for f in ("nfe", "wall_s", "samples_per_s", "overhead", "peak_mem_mb", "net_eval_s"):
             row[f] = _mean([r.get(f) for r in ok])
         row["mem_method"] = ok[0].get("mem_method", "") if ok else ""
@@ -126,7 +131,13 @@ def markdown_table(records: list[dict[str, Any]], *, problem: str | None = None)
         head += ["wall (s)", "samples/s", "overhead", "peak mem (MB)"]
         out.append("| " + " | ".join(head) + " |")
         out.append("|" + "|".join("---" if i == 0 else "---:" for i in range(len(head))) + "|")
+        missing: dict[str, str] = {}
         for r in prow:
+            if "unavailable" in r:  # one row per peer that is not installed, whatever its step budgets
+                if r["label"] not in missing:
+                    missing[r["label"]] = r["unavailable"]
+                    out.append("| " + " | ".join([f"{r['label']} (not installed)"] + ["-"] * (len(head) - 1)) + " |")
+                continue
             cells = [r["label"], "adaptive" if r["steps"] == 0 else str(r["steps"]), _nfe(r)]
             if r["errors"] == r["seeds"]:
                 cells[0] += " (diverged)"
@@ -143,6 +154,8 @@ def markdown_table(records: list[dict[str, Any]], *, problem: str | None = None)
             out.append("| " + " | ".join(cells) + " |")
         mm = sorted({r.get("mem_method") for r in precs if r.get("mem_method")})
         out.append("")
+        for label, why in missing.items():
+            out.append(f"{label}: {why}; its cells run once it is installed.")
         out.append("overhead = wall time / (NFE x one network evaluation timed alone on the same batch); "
                    f"peak memory by {', '.join(mm) or '-'} (see docs/benchmarking.md).\n")
     return "\n".join(out)
@@ -172,6 +185,8 @@ def pivot_table(records: list[dict[str, Any]], problem: str, metric: str = "sw2"
             r = next((x for x in rows if x["label"] == lab and x["steps"] == st), None)
             if r is None:
                 cells.append("")
+            elif "unavailable" in r:
+                cells.append("not installed")
             elif r["errors"] == r["seeds"]:
                 cells.append("diverged")
             else:
@@ -198,10 +213,11 @@ def plot_problem(records: list[dict[str, Any]], problem: str, metric: str, path:
         rs = sorted((r for r in rows if r["series"] == lab), key=lambda r: r["nfe"])
         y = [r[metric] for r in rs]
         yerr = [r.get(f"{metric}_std", 0.0) for r in rs]
+        peer = is_peer(rs[0]["sampler"])  # a peer's sampler: dashed, square markers
         for ax, xkey in zip(axes, ("nfe", "wall_s"), strict=True):
             x = [r[xkey] for r in rs]
-            ax.errorbar(x, y, yerr=yerr if any(yerr) else None, marker="o", ms=4, lw=1.3, capsize=2,
-                        color=cmap(i % cmap.N), label=lab)
+            ax.errorbar(x, y, yerr=yerr if any(yerr) else None, marker="s" if peer else "o", ms=4, lw=1.3, capsize=2,
+                        ls="--" if peer else "-", color=cmap(i % cmap.N), label=lab)
     for ax, xl in zip(axes, ("NFE (network evaluations per sample)", "wall time (s)"), strict=True):
         if band:
             ax.axhspan(max(band[1], 1e-12), band[2], color="0.7", alpha=0.5, lw=0, label="noise floor (exact sets, rms +- std)")

@@ -6,6 +6,8 @@
 * ``results.csv`` is rewritten from the JSONL records after every cell, atomically (temp file,
   fsync, rename): it is always a complete table.
 * A record whose ``key`` appears again supersedes the earlier one (``retry_errors`` re-runs).
+* A record with status ``unavailable`` (a peer sampler that is not installed) is not a finished
+  cell: it runs, and is superseded, once the peer is installed.
 * Under ``torchrun`` each rank appends to ``results.rank{R}.jsonl``; rank 0 merges the shards into
   ``results.jsonl`` at the end (:func:`merge_shards`) and removes them.
 """
@@ -104,7 +106,9 @@ class ResultStore:
         return dedupe(recs)
 
     def done_keys(self, *, retry_errors: bool = False) -> set[str]:
-        return {r["key"] for r in self.records() if not (retry_errors and r.get("status") != "ok")}
+        """Keys of finished cells; ``unavailable`` ones (a peer not installed) never count as done."""
+        return {r["key"] for r in self.records()
+                if r.get("status") != "unavailable" and not (retry_errors and r.get("status") != "ok")}
 
     def append(self, record: dict[str, Any]) -> None:
         """Append one complete line, flushed and fsync'ed; then refresh the CSV (main store only)."""

@@ -25,15 +25,14 @@ import torch
 from .. import distributed
 from .._utils import FolderLock, atomic_write_text
 from ..distributed import pick_device
-from . import quality
+from . import peers, quality
 from .cells import Cell, Entry, Sweep, shard
-from .measure import PeakMemory, environment, sync, time_network_eval
-from .problems import Problem, get_problem
+from .measure import PeakMemory, TensorPeak, environment, sync, time_network_eval
+from .problems import Problem
 from .store import ResultStore, merge_shards
 
 __all__ = ["run_sweep", "run_cell", "per_sample_seeds", "is_adaptive"]
 
-_CPU_WARMUP_BATCH = 32
 
 
 def per_sample_seeds(seed: int, n: int) -> torch.Tensor:
@@ -50,8 +49,12 @@ def _sample_all(model, problem: Problem, cell: Cell, n: int, batch: int, seeds, 
     xs, results = [], []
     for start in range(0, n, batch):
         b = min(batch, n - start)
-        res = sample(model, problem.sde, (b, *problem.shape), cell.sampler, steps,
-                     seeds=seeds[start:start + b], device=device, dtype=dtype, **cell.options)
+        if peers.is_peer(cell.sampler):  # a peer's sampler, on the same model, seeds and NFE counter
+            res = peers.run_peer(cell.sampler, model, problem.sde, (b, *problem.shape), steps,
+                                 seeds=seeds[start:start + b], device=device, dtype=dtype, options=cell.options)
+        else:
+            res = sample(model, problem.sde, (b, *problem.shape), cell.sampler, steps,
+                         seeds=seeds[start:start + b], device=device, dtype=dtype, **cell.options)
         xs.append(res.x)
         results.append(res)
     return torch.cat(xs), results
@@ -88,9 +91,14 @@ def run_cell(
         "threads": torch.get_num_threads(), "time": datetime.datetime.now().isoformat(timespec="seconds"),
     }
     try:
+        tensor_mb = float("nan")
         if warmup:
-            wb = b if device.type == "cuda" else min(b, _CPU_WARMUP_BATCH)
-            _sample_all(model, problem, cell, wb, wb, seeds[:wb], device, dtype)
+            if device.type == "cuda":
+                _sample_all(model, problem, cell, b, b, seeds[:b], device, dtype)
+            else:  # the CPU warm-up is the memory run: tensor peak, exact but slow per op (not timed)
+                with TensorPeak() as tp:
+                    _sample_all(model, problem, cell, b, b, seeds[:b], device, dtype)
+                tensor_mb = tp.mb
         walls: list[float] = []
         with PeakMemory(device) as mem:
             while not walls or (sum(walls) < min_time and len(walls) < max_timed_runs):
@@ -120,8 +128,9 @@ def run_cell(
         samples_per_s=n / wall,
         net_eval_s=net,
         overhead=wall / (nfe_calls * net) if nfe_calls else float("nan"),
-        peak_mem_mb=mem.mb,
-        mem_method=mem.method,
+        peak_mem_mb=mem.mb if device.type == "cuda" else tensor_mb,
+        mem_method=mem.method if device.type == "cuda" else "tensor_peak",
+        rss_growth_mb=None if device.type == "cuda" else mem.mb,
     )
     extra = {k: v for r in results[:1] for k, v in r.extra.items() if isinstance(v, (int, float, str, bool))}
     if extra:
@@ -153,14 +162,34 @@ def is_adaptive(entry: Entry) -> bool:
         return False
 
 
-def _check_cells(cells: list[Cell], problems: dict[str, Problem]) -> tuple[list[Cell], list[str]]:
+def _check_cells(cells: list[Cell], problems: dict[str, Problem]) -> tuple[list[Cell], list[str], list[Cell]]:
     """Drop cells whose sampler is not registered or does not support the problem's SDE
-    (they are not recorded, so they run once the sampler lands); unknown options raise."""
+    (they are not recorded, so they run once the sampler lands); unknown options raise.
+    Cells of a peer that is not installed come back apart (the third list): they are recorded as
+    ``unavailable``, so the table says so."""
     from ..samplers import registry
 
-    keep, notes = [], []
+    keep, notes, missing = [], [], []
     seen: set[tuple[str, str]] = set()
     for c in cells:
+        if peers.is_peer(c.sampler):
+            why = peers.unavailable(c.sampler)
+            if why is not None:
+                missing.append(c)
+                if (c.sampler, "") not in seen:
+                    seen.add((c.sampler, ""))
+                    notes.append(f"peer sampler {c.label}: {why}")
+                continue
+            peers.check_options(c.sampler, c.options)  # an unknown peer sampler or option: a mistake, raises
+            try:
+                peers.check_problem(c.sampler, c.options, problems[c.problem].sde)
+            except ValueError as err:
+                if (c.sampler, c.problem) not in seen:
+                    seen.add((c.sampler, c.problem))
+                    notes.append(f"{c.label} on {c.problem} skipped: {err}")
+                continue
+            keep.append(c)
+            continue
         try:
             spec = registry.get(c.sampler)
         except ValueError as err:
@@ -180,7 +209,15 @@ def _check_cells(cells: list[Cell], problems: dict[str, Problem]) -> tuple[list[
                 notes.append(f"{c.label} on {c.problem} skipped: {err}")
             continue
         keep.append(c)
-    return keep, notes
+    return keep, notes, missing
+
+
+def unavailable_record(cell: Cell, reason: str) -> dict[str, Any]:
+    """The record of a cell whose peer is not installed: status ``unavailable`` (run again once it is)."""
+    return {"key": cell.key, "status": "unavailable", "error": reason, "problem": cell.problem, "sampler": cell.sampler,
+            "label": cell.label, "series": cell.series, "options": json.dumps(cell.options, sort_keys=True),
+            "steps": cell.steps, "seed": cell.seed, "n": cell.n,
+            "time": datetime.datetime.now().isoformat(timespec="seconds")}
 
 
 def run_sweep(
@@ -214,9 +251,9 @@ def run_sweep(
     collective = shard_of is None and world > 1
     dtype = {"float32": torch.float32, "float64": torch.float64}[sweep.dtype]
 
-    problems = {p: get_problem(p) for p in sweep.problems}
-    cells, notes = _check_cells(sweep.cells(is_adaptive), problems)
-    if not cells:
+    problems = sweep.problem_objects()
+    cells, notes, missing = _check_cells(sweep.cells(is_adaptive), problems)
+    if not cells and not missing:
         raise ValueError("the sweep has no cell to run: " + ("; ".join(notes) or "no entries"))
     for note in notes:
         if rank == 0:
@@ -229,6 +266,10 @@ def run_sweep(
         if rank == 0:
             _write_plan(out_dir, sweep)
         done = store.done_keys(retry_errors=retry_errors)
+        recorded = {r["key"] for r in store.records()}
+        for c in shard(missing, rank, world):  # a peer that is not installed: a row that says so (once)
+            if c.key not in recorded:
+                store.append(unavailable_record(c, peers.unavailable(c.sampler) or "unavailable"))
         todo = [c for c in mine if c.key not in done]
         if max_cells is not None:
             todo = todo[:max_cells]
@@ -285,7 +326,7 @@ def _bar(total: int, progress: bool, rank: int):
 def _write_plan(out_dir: str, sweep: Sweep) -> None:
     plan = {
         "entries": [{"sampler": e.sampler, "options": e.options, "label": e.name, "steps": e.steps} for e in sweep.entries],
-        "steps": list(sweep.steps), "problems": list(sweep.problems), "seeds": list(sweep.seeds), "n": sweep.n,
+        "steps": list(sweep.steps), "problems": sweep.problem_names(), "seeds": list(sweep.seeds), "n": sweep.n,
         "batch": sweep.batch, "device": sweep.device, "dtype": sweep.dtype,
         "metrics": None if sweep.metrics is None else list(sweep.metrics), "floor_repeats": sweep.floor_repeats,
         "warmup": sweep.warmup, "min_time": sweep.min_time, "max_timed_runs": sweep.max_timed_runs,

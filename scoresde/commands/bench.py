@@ -3,6 +3,10 @@
 Writes ``results.jsonl`` and ``results.csv`` as cells finish, then ``table.md`` and
 ``plots/*.png`` under ``--out``. Running the same command again runs only the missing cells.
 Under ``torchrun --nproc_per_node K scoresde bench ...`` the cells are split over K processes.
+``--peers`` adds the installed peers' samplers (k-diffusion's ``kdiff:NAME``, diffusers'
+``diffusers:SCHEDULER``) on the same problems, seeds and NFE counting; a peer that is not installed
+is a row that says so. ``--problems py:MODULE:FUNCTION`` benchmarks your own model (the function
+returns a ``scoresde.bench.Problem``).
 """
 
 from __future__ import annotations
@@ -24,9 +28,16 @@ def add_arguments(p) -> None:
                         "'euler_maruyama,pc(corrector=langevin,snr=0.16),ddim' (default: every registered sampler)")
     p.add_argument("--steps", default=None, help=f"comma-separated step budgets (default {DEFAULTS['steps']}; "
                    "adaptive samplers run once per seed)")
+    p.add_argument("--peers", nargs="?", const="default", default=None, metavar="LIST",
+                   help="also run the peers' samplers: alone, the default set (scoresde.bench.peers.DEFAULT_PEERS; "
+                        "with --quick QUICK_PEERS: kdiff:heun,dpmpp_2m,euler_ancestral,lms and diffusers' DDIM, "
+                        "DPMSolverMultistep, UniPCMultistep, EulerDiscrete); or a "
+                        "comma-separated list such as 'kdiff:heun,diffusers:DDIM(timestep_spacing=trailing)'. Peer names "
+                        "may also go in --samplers. A peer that is not installed is a row that says so")
     p.add_argument("--problems", default=None,
-                   help=f"comma-separated problems: gmm2d|gmm16d|gmm64d with -vp|-subvp|-ve|-edm, or ckpt:PATH "
-                        f"(default {DEFAULTS['problems']})")
+                   help=f"comma-separated problems: gmm2d|gmm16d|gmm64d with -vp|-subvp|-ve|-edm, ckpt:PATH, or "
+                        f"py:MODULE:FUNCTION (your function returning a scoresde.bench.Problem; it runs your code, never "
+                        f"code from a checkpoint) (default {DEFAULTS['problems']})")
     p.add_argument("--seeds", default=None, help=f"comma-separated sweep seeds (default {DEFAULTS['seeds']})")
     p.add_argument("--n", "-n", type=int, default=None, help=f"samples per cell (default {DEFAULTS['n']})")
     p.add_argument("--batch", type=int, default=0, help="samples per sample() call (0 = all n at once)")
@@ -36,8 +47,8 @@ def add_arguments(p) -> None:
                         f"{','.join(QUICK_SAMPLERS)} where registered); explicit flags still override")
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1, ... (auto: cuda when available)")
     p.add_argument("--dtype", default="float32", choices=["float32", "float64"], help="sample dtype")
-    p.add_argument("--metrics", default=None, help="comma-separated subset of sw2,mmd,energy,mode_err,logp_gap,fd "
-                   "(default: all the problem offers)")
+    p.add_argument("--metrics", default=None, help="comma-separated subset of sw2,mmd,energy,kid,frechet,mode_err,"
+                   "logp_gap,fd,kd (default: all the problem offers)")
     p.add_argument("--floor-repeats", type=int, default=None, help="exact-vs-exact repeats per noise floor "
                    f"(default {DEFAULTS['floor_repeats']})")
     p.add_argument("--no-warmup", action="store_true", help="time without the warm-up run")
@@ -53,6 +64,7 @@ def add_arguments(p) -> None:
 
 def _sweep(args):
     from scoresde.bench import Entry, Sweep, parse_entries, parse_int_list
+    from scoresde.bench.peers import DEFAULT_PEERS, QUICK_PEERS, is_peer
     from scoresde.samplers import available
 
     base = QUICK if args.quick else DEFAULTS
@@ -66,6 +78,16 @@ def _sweep(args):
         entries = [Entry(s) for s in QUICK_SAMPLERS if s in available()]
     else:
         entries = [Entry(s) for s in available()]
+    if args.peers is not None:
+        if args.peers == "default":
+            peer_entries = [Entry(s) for s in (QUICK_PEERS if args.quick else DEFAULT_PEERS)]
+        else:
+            peer_entries = parse_entries(args.peers)
+        bad = [e.sampler for e in peer_entries if not is_peer(e.sampler)]
+        if bad:
+            raise ValueError(f"--peers: {bad[0]!r} is not a peer sampler; accepted: kdiff:NAME (k-diffusion's sample_NAME) "
+                             "or diffusers:SCHEDULER (e.g. diffusers:DDIM)")
+        entries += [e for e in peer_entries if e not in entries]
     device = args.device
     if device == "auto":
         import torch

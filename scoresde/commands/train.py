@@ -6,6 +6,7 @@ last checkpoint left it (bit-identical on the same device). Under torchrun the g
 split across the processes (data parallel; rank 0 writes the files). Examples:
 
     scoresde train --data moons --net mlp --sde vp --steps 3000 --out runs/moons
+    scoresde train --data digits --net unet --conditional --label-dropout 0.2 --steps 3000 --out runs/digits-cfg
     torchrun --nproc_per_node 4 -m scoresde train --data digits --net unet --steps 20000 --out runs/digits
 """
 
@@ -67,6 +68,9 @@ def add_arguments(p) -> None:
                    help="more net constructor arguments, e.g. '{\"hidden\": 128, \"depth\": 4}' "
                         "(data-shape arguments such as dim / in_channels / resolution are filled in)")
     g.add_argument("--conditional", action="store_true", help="class-conditional net trained on the data set's labels")
+    g.add_argument("--label-dropout", type=float, default=d.label_dropout, metavar="P",
+                   help="with --conditional: replace each label by the null label with probability P, so that the "
+                        "net also learns the unconditional model (classifier-free guidance; 0.1-0.2 is usual)")
     from scoresde.sde import SDES
 
     g.add_argument("--sde", default="vp", choices=SDES.names(), help="the forward SDE")
@@ -147,7 +151,8 @@ def _train_config(args):
         steps=args.steps, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay, warmup=args.warmup,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, ckpt_every=args.ckpt_every, keep=args.keep,
         snapshot_every=args.snapshot_every, snapshot_sampler=args.snapshot_sampler, snapshot_steps=args.snapshot_steps,
-        snapshot_n=args.snapshot_n, seed=args.seed, device=args.device, amp=args.amp, log_every=args.log_every,
+        snapshot_n=args.snapshot_n, label_dropout=args.label_dropout, seed=args.seed, device=args.device, amp=args.amp,
+        log_every=args.log_every,
         progress=args.progress, verbose=not args.quiet,
     ), TrainConfig
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
@@ -44,14 +45,24 @@ class SampleResult:
 
 _FRONT_DOOR = (
     "steps", "generator", "seeds", "noise", "schedule", "rho", "t_min", "T", "denoise", "x_T",
-    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad", "max_batch",
+    "return_trajectory", "progress", "device", "dtype", "cond", "guidance", "grad", "max_batch", "engine",
 )
+#: how a fixed-step sampler is executed: its eager loop (the readable reference), or its coefficient
+#: table through scoresde.engine (same noise stream; see docs/performance.md).
+ENGINE_NAMES = ("eager", "torch", "compiled", "fused", "graph")
 
 
-def _model_device(model: Any) -> torch.device:
+def _model_device(model: Any, cond: dict | None = None) -> torch.device:
+    """The model's device; for a parameter-free model (a lambda) that of the ``cond`` tensors, else the CPU."""
     if isinstance(model, nn.Module):
-        for p in model.parameters():
+        for p in (*model.parameters(), *model.buffers()):
             return p.device
+    for v in (cond or {}).values():
+        if isinstance(v, Tensor):
+            return v.device
+    if torch.cuda.is_available():
+        warnings.warn("sample(): the model has no parameters or buffers to take the device from (a lambda or a plain "
+                      "function?), so it samples on the CPU although CUDA is available; pass device=", stacklevel=3)
     return torch.device("cpu")
 
 
@@ -79,6 +90,7 @@ def sample(
     guidance: Any = None,
     grad: bool = False,
     max_batch: int | None = None,
+    engine: str = "eager",
     **options: Any,
 ) -> SampleResult:
     """Draw samples by integrating the reverse process of ``sde`` with a registered sampler.
@@ -106,7 +118,8 @@ def sample(
         x_T: the starting state instead of a draw from the prior.
         return_trajectory: keep x after every step.
         progress: show a progress bar.
-        device, dtype: of the samples (default: the model's device, float32).
+        device, dtype: of the samples (default: the model's device, else that of the ``cond`` tensors; a
+            parameter-free model on a machine with CUDA warns that it runs on the CPU), float32.
         cond: keyword arguments passed to every network call (e.g. ``{"y": labels}``).
         guidance: an object that steers sampling (see :mod:`scoresde.guidance`): ``wrap(model, sde)``
             gives the model to sample with; with ``needs_projection``, ``project(x, t, i)`` maps x_T
@@ -116,6 +129,11 @@ def sample(
         max_batch: split a larger request into batches of at most this many samples, run one after
             the other (a memory budget). With per-sample seeds (the default noise) the result equals
             one big batch (sample i depends only on its seed); ``nfe`` then counts every batch's calls.
+        engine: ``"eager"`` (the sampler's own loop, the reference) or an engine of
+            :mod:`scoresde.engine` that runs the sampler's coefficient table: ``"torch"``,
+            ``"compiled"`` (torch.compile), ``"fused"`` (Triton kernels, CUDA), ``"graph"`` (a CUDA
+            graph of the whole loop). Only samplers whose ``table`` trait holds for these options;
+            the same per-sample noise stream as eager, the same samples to float round-off.
         **options: the sampler's own options (see ``registry.get(name).options``), checked against
             their declared accepted values before anything runs.
     """
@@ -144,6 +162,16 @@ def sample(
         raise TypeError(f"sample: device must be a torch.device or a name such as 'cpu' or 'cuda:0'; got {device!r}")
     if x_T is not None:
         x_T = _check_state("x_T", x_T, shape)
+    Choice(ENGINE_NAMES).check("engine", engine, "sample")
+    if engine != "eager":
+        if not traits.table:
+            tabled = [s.name for s in registry.specs() if s.traits().table]
+            raise ValueError(f"engine={engine!r} runs a sampler's coefficient table, and sampler {sampler!r}"
+                             f"{' with these options' if options else ''} has none; use engine='eager', or one of: "
+                             f"{', '.join(tabled)}")
+        if guidance is not None:
+            raise ValueError(f"engine={engine!r} with guidance is not supported (the engines call the network "
+                             "directly, and cannot apply projections); use engine='eager'")
     project = guidance is not None and bool(getattr(guidance, "needs_projection", False))
     if project and not traits.state_hook:
         hooked = [s.name for s in registry.specs() if s.traits().state_hook]
@@ -161,7 +189,7 @@ def sample(
             raise ValueError(f"max_batch={max_batch} splits the request by per-sample seeds, which {what} cannot "
                              "follow; pass seeds= or generator= (per-sample noise), or max_batch=None")
         common = dict(schedule=schedule, rho=rho, t_min=t_min, T=T, denoise=denoise, return_trajectory=return_trajectory,
-                      progress=progress, device=device, dtype=dtype, guidance=guidance, grad=grad, **options)
+                      progress=progress, device=device, dtype=dtype, guidance=guidance, grad=grad, engine=engine, **options)
         return _chunked(model, sde, shape, sampler, steps, max_batch, make_seeds(shape[0], generator=generator, seeds=seeds),
                         x_T, cond, common)
     score_model = as_model(model, sde)
@@ -169,7 +197,7 @@ def sample(
         score_model = guidance.wrap(score_model, sde)
     grad = bool(grad) or bool(getattr(guidance, "needs_grad", False))
     if device is None:
-        device = x_T.device if x_T is not None else _model_device(score_model)
+        device = x_T.device if x_T is not None else _model_device(score_model, cond)
     device = pick_device(device)  # a name torch does not know, or a device this machine lacks: ValueError
     if not dtype.is_floating_point:
         raise ValueError(f"dtype must be a floating-point dtype; got {dtype}")
@@ -226,11 +254,18 @@ def sample(
     _sync(device)
     t0 = time.perf_counter()
     extra: dict[str, Any] = {}
-    # On GPU the NaN/Inf check is deferred to the end (no host sync per network call).
-    check = score_model.deferred_finite_check() if device.type != "cpu" else contextlib.nullcontext()
+    # On GPU the NaN/Inf check is deferred to the end (the engines keep their own device-side records).
+    deferred = device.type != "cpu" and engine == "eager"
+    check = score_model.deferred_finite_check() if deferred else contextlib.nullcontext()
     try:
         with check, torch.set_grad_enabled(grad):
-            out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **opts)
+            if engine == "eager":
+                out = spec.fn(bound, sde, x, ts, noise=noise_src, callback=callback, **opts)
+            else:
+                from .. import engine as engines
+
+                out = engines.run(engine, score_model, sde, x, ts, spec.table(sde, ts, **opts), noise_src, callback,
+                                  cond=cond)
             if isinstance(out, tuple):
                 x, extra = out
             else:

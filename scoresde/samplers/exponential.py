@@ -26,9 +26,12 @@ from torch import Tensor
 from ..registry import Choice, Real
 from ..sde import LinearSDE
 from .registry import register
-from .tables import CoefficientTable, make_table
+from .tables import CoefficientTable, StageTable, TableBuilder, make_table
 
-__all__ = ["ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "phi", "SOLVER_TYPES", "UNIPC_VARIANTS", "FIRST_STEPS"]
+__all__ = [
+    "ddim", "dpmpp_2m", "dpmpp_3m", "dpmpp_2m_sde", "unipc", "phi", "SOLVER_TYPES", "UNIPC_VARIANTS", "FIRST_STEPS",
+    "unipc_coefficients",
+]
 
 SOLVER_TYPES = ("dpmsolver", "taylor")
 UNIPC_VARIANTS = ("bh1", "bh2")
@@ -192,27 +195,44 @@ def dpmpp_2m(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: str 
 
 def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpmsolver",
                           lower_order_final: bool = True, reference_d2: bool = False,
-                          first_step: str = "ddim") -> CoefficientTable:
-    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`); ``first_step="ddim"`` only (the midpoint
-    first step calls the model a second time, at a state off the grid)."""
+                          first_step: str = "ddim") -> CoefficientTable | StageTable:
+    """DPM-Solver++(3M) as a table (see :func:`dpmpp_3m`); with ``first_step="midpoint"`` a
+    :class:`StageTable` whose first row also calls the model at the lambda midpoint."""
     k2 = 1.0 if reference_d2 else 2.0
     alpha, sigma, h = _grid(sde, ts, "dpmpp_3m")
     w1, w2m, w2, w3 = _dpmpp_weights(alpha[1:], h, solver_type)
     r0, r1 = _ratios(h, 1), _ratios(h, 2)
-    b = torch.zeros(len(h), 3, dtype=torch.float64, device=h.device)
-    for i, p in enumerate(_orders(len(h), 3, lower_order_final)):
-        b[i, 0] = w1[i]
-        if p == 2:  # w2m (m0 - m1) / r0
-            b[i, 0] += w2m[i] / r0[i]
-            b[i, 1] -= w2m[i] / r0[i]
-        elif p == 3:  # w2 D1 + w3 D2 = e0 D1_0 + e1 D1_1, D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1
-            s = r0[i] + r1[i]
-            e0 = w2[i] * (1.0 + r0[i] / s) + k2 * w3[i] / s
-            e1 = -w2[i] * r0[i] / s - k2 * w3[i] / s
-            b[i, 0] += e0 / r0[i]
-            b[i, 1] += -e0 / r0[i] + e1 / r1[i]
-            b[i, 2] += -e1 / r1[i]
-    return make_table("dpmpp_3m", sde, ts, sigma[1:] / sigma[:-1], b)
+    p = torch.tensor(_orders(len(h), 3, lower_order_final), device=h.device)
+    zero = torch.zeros_like(h)
+    # Order 2: w2m (m0 - m1) / r0. Order 3: w2 D1 + w3 D2 = e0 D1_0 + e1 D1_1 with
+    # D1_0 = (m0 - m1)/r0, D1_1 = (m1 - m2)/r1.
+    s = r0 + r1
+    e0 = w2 * (1.0 + r0 / s) + k2 * w3 / s
+    e1 = -w2 * r0 / s - k2 * w3 / s
+    two, three = p == 2, p == 3
+    b = torch.stack([
+        w1 + torch.where(two, w2m / r0, zero) + torch.where(three, e0 / r0, zero),
+        zero + torch.where(two, -w2m / r0, zero) + torch.where(three, -e0 / r0 + e1 / r1, zero),
+        zero + torch.where(three, -e1 / r1, zero),
+    ], dim=1)
+    ratio = sigma[1:] / sigma[:-1]
+    if first_step == "ddim":
+        return make_table("dpmpp_3m", sde, ts, ratio, b)
+    # DPM-Solver++(2S) first step: a call at the state, a call at the lambda midpoint, then the step
+    # with the midpoint's prediction; the later steps use the grid predictions only (K = 4 keeps
+    # m_{i-2} past the midpoint's entry).
+    t_mid = sde.inverse_lambda(sde.lam(ts[:1]) + 0.5 * h[:1])
+    ratio_mid = float(sde.sigma(t_mid)[0] / sigma[0])
+    w1_mid = float(sde.alpha(t_mid)[0] * 0.5 * h[0] * phi(1, -0.5 * h[:1])[0])
+    tb = TableBuilder("dpmpp_3m", ts, 4)
+    tb.call(0, ts[0])
+    tb.call("mid", t_mid[0], x=ratio_mid, terms={0: w1_mid})
+    tb.update(ratio[0], {"mid": w1[0]}, t_start=ts[0], t_end=ts[1], step=0)
+    bl, rl = b.tolist(), ratio.tolist()
+    for i in range(1, len(h)):
+        tb.call(i, ts[i])
+        tb.update(rl[i], {i - k: bl[i][k] for k in range(min(3, i + 1))}, t_start=ts[i], t_end=ts[i + 1], step=i)
+    return tb.build(sde)
 
 
 # Order 3 needs both ends third order: the default's first-order first step (the reference's warm-up) and its
@@ -221,7 +241,7 @@ def dpmpp_3m_coefficients(sde: LinearSDE, ts: Tensor, *, solver_type: str = "dpm
           order=lambda o: 3 if o["first_step"] == "midpoint" and not o["lower_order_final"] else 2,
           nfe=lambda steps, o: steps + int(o["first_step"] == "midpoint"), nfe_per_step="1 (+1 on the first step "
           "with first_step='midpoint')", exact_for_point_mass=True, coefficients=dpmpp_3m_coefficients,
-          table=lambda o: o["first_step"] == "ddim", params={**_DPMPP_PARAMS, "first_step": Choice(FIRST_STEPS)},
+          params={**_DPMPP_PARAMS, "first_step": Choice(FIRST_STEPS)},
           variants=({"first_step": "midpoint", "lower_order_final": False}, {"reference_d2": True},
                     {"solver_type": "taylor"}),
           paper="Lu et al. 2022b (DPM-Solver++), multistep order 3 (dpm_solver_pytorch.py)")
@@ -304,39 +324,87 @@ def dpmpp_2m_sde(model, sde: LinearSDE, x, ts, *, noise, callback, solver_type: 
 
 
 # ---------------------------------------------------------------------------------- UniPC
-def _unipc_rhos(h: Tensor, rks: Tensor, p: int, B: Tensor) -> tuple[Tensor, Tensor]:
+def _solve(R: list[list[float]], g: list[float]) -> list[float]:
+    """R rho = g for a small dense system (p <= 3) by Gaussian elimination with partial pivoting."""
+    n = len(g)
+    A = [list(row) + [gi] for row, gi in zip(R, g, strict=True)]
+    for c in range(n):
+        piv = max(range(c, n), key=lambda r: abs(A[r][c]))
+        A[c], A[piv] = A[piv], A[c]
+        for r in range(c + 1, n):
+            f = A[r][c] / A[c][c]
+            A[r] = [a - f * b for a, b in zip(A[r], A[c], strict=True)]
+    rho = [0.0] * n
+    for r in reversed(range(n)):
+        rho[r] = (A[r][n] - sum(A[r][k] * rho[k] for k in range(r + 1, n))) / A[r][r]
+    return rho
+
+
+def _unipc_rhos(g: list[float], rks: list[float], p: int) -> tuple[list[float], list[float]]:
     """(rho_p, rho_c) of one UniPC step of order p (Zhao et al. 2023, Alg. 2/3, B(h) variant).
 
-    R rho = g with R_{jk} = r_k^{j-1} (r_p = 1) and g_j = hh phi_{j+1}(hh) j! / B(h), hh = -h.
-    Order-2 UniP uses rho_p = 1/2 and order-1 UniC rho_c = 1/2, as the reference code does.
+    R rho = g with R_{jk} = r_k^{j-1} (r_p = 1) and g_j = hh phi_{j+1}(hh) j! / B(h), hh = -h
+    (``g``: the step's g_1 .. g_p). Order-2 UniP uses rho_p = 1/2 and order-1 UniC rho_c = 1/2, as
+    the reference code does.
     """
-    hh = -h
-    g = torch.stack([hh * phi(j + 1, hh) * math.factorial(j) / B for j in range(1, p + 1)])
-    r = torch.cat([rks, torch.ones(1, dtype=torch.float64, device=h.device)])
-    R = torch.stack([r**j for j in range(p)])
-    half = torch.full((1,), 0.5, dtype=torch.float64, device=h.device)
-    rho_p = rks[:0] if p == 1 else half if p == 2 else torch.linalg.solve(R[:-1, :-1], g[:-1])
-    rho_c = half if p == 1 else torch.linalg.solve(R, g)
+    r = list(rks) + [1.0]
+    R = [[rk**j for rk in r] for j in range(p)]
+    rho_p = [] if p == 1 else [0.5] if p == 2 else _solve([row[:-1] for row in R[:-1]], g[:-1])
+    rho_c = [0.5] if p == 1 else _solve(R, g)
     return rho_p, rho_c
 
 
 def _unipc_plan(sde, ts, order, variant, lower_order_final):
-    """Per-step float64 coefficients of UniPC, computed from the grid before the loop."""
+    """Per-step float64 coefficients of UniPC, computed from the grid before the loop (the phi
+    functions and the ratios r_k for all steps at once; the small solves in Python floats).
+    The plan is a list of (rks, rho_p, rho_c) lists of floats, one per step."""
     alpha, sigma, h = _grid(sde, ts, "unipc")
     lam = sde.lam(ts)
     B = -h if variant == "bh1" else torch.expm1(-h)
     orders = _orders(len(h), order, lower_order_final)
+    hh = -h
+    G = torch.stack([hh * phi(j + 1, hh) * math.factorial(j) / B for j in range(1, order + 1)]).T.tolist()  # (N, order)
+    # r_k of step i = (lam_{i-k} - lam_i) / h_i (k = 1 .. order - 1; only where i >= k is it used).
+    RK = (torch.stack([(lam[:-1].roll(k) - lam[:-1]) / h for k in range(1, order)]).T.tolist() if order > 1
+          else [[] for _ in range(len(h))])
     plan = []
     for i, p in enumerate(orders):
-        rks = torch.stack([(lam[i - k] - lam[i]) / h[i] for k in range(1, p)]) if p > 1 else h[:0]
-        rho_p, rho_c = _unipc_rhos(h[i], rks, p, B[i])
+        rks = RK[i][: p - 1]
+        rho_p, rho_c = _unipc_rhos(G[i][:p], rks, p)
         plan.append((rks, rho_p, rho_c))
     return alpha, sigma, h, B, plan
 
 
+def unipc_coefficients(sde: LinearSDE, ts: Tensor, *, order: int = 2, variant: str = "bh2",
+                       lower_order_final: bool = True) -> StageTable:
+    """UniPC as a table (see :func:`unipc`): each step's call is made at the UniP point, and its
+    prediction both corrects the step (UniC) and starts the next one."""
+    alpha, sigma, h, B, plan = _unipc_plan(sde, ts, order, variant, lower_order_final)
+    ratio, w1, aB = (v.tolist() for v in (sigma[1:] / sigma[:-1], alpha[1:] * h * phi(1, -h), alpha[1:] * B))
+    tb = TableBuilder("unipc", ts, order + 1)
+    tb.call(0, ts[0])  # m[k] of the eager loop is the prediction labelled i - k (label i + 1: at t_{i+1})
+    for i, (rks, rho_p, rho_c) in enumerate(plan):
+        # UniP: x_pred = ratio x + w1 m0 - aB sum_k rho_p[k] (m[k+1] - m0) / r_k.
+        pred = {i: w1[i]}
+        for k, r in enumerate(rks):
+            pred[i] += aB[i] * rho_p[k] / r
+            pred[i - k - 1] = pred.get(i - k - 1, 0.0) - aB[i] * rho_p[k] / r
+        if i == len(plan) - 1:  # no corrector on the last step
+            tb.update(ratio[i], pred, t_start=ts[i], t_end=ts[i + 1], step=i)
+            continue
+        tb.call(i + 1, ts[i + 1], x=ratio[i], terms=pred)
+        # UniC: x = ratio x + w1 m0 - aB (sum_k rho_c[k] (m[k+1] - m0) / r_k + rho_c[-1] (m_t - m0)).
+        corr = {i + 1: -aB[i] * rho_c[-1], i: w1[i] + aB[i] * rho_c[-1]}
+        for k, r in enumerate(rks):
+            corr[i] += aB[i] * rho_c[k] / r
+            corr[i - k - 1] = corr.get(i - k - 1, 0.0) - aB[i] * rho_c[k] / r
+        tb.update(ratio[i], corr, t_start=ts[i], t_end=ts[i + 1], step=i)
+    return tb.build(sde)
+
+
 # UniP-p + UniC-p is nominally order p + 1, but the UniP-1/UniC-1 first step (local error O(h^3)) caps it at 3.
 @register("unipc", kind="ode", order=lambda o: min(o["order"] + 1, 3), stochastic=False, nfe=1, default_steps=10,
-          default_schedule="logsnr", exact_for_point_mass=True,
+          default_schedule="logsnr", exact_for_point_mass=True, coefficients=unipc_coefficients,
           params={"order": Choice(UNIPC_ORDERS), "variant": Choice(UNIPC_VARIANTS)}, variants=({"variant": "bh1"},),
           paper="Zhao et al. 2023 (UniPC), UniP-p + UniC-p, B(h) variants")
 def unipc(model, sde: LinearSDE, x, ts, *, noise, callback, order: int = 2, variant: str = "bh2",
@@ -344,7 +412,7 @@ def unipc(model, sde: LinearSDE, x, ts, *, noise, callback, order: int = 2, vari
     """UniPC (Zhao et al. 2023, UniP-p + UniC-p, data prediction); order p + 1 (3 at p = 2), 1 NFE per step."""
     alpha, sigma, h, B, plan = _unipc_plan(sde, ts, order, variant, lower_order_final)
     ratio, w1, aB = _cast(x, sigma[1:] / sigma[:-1], alpha[1:] * h * phi(1, -h), alpha[1:] * B)
-    plan = [_cast(x, *step) for step in plan]
+    plan = [[torch.tensor(v, dtype=x.dtype, device=x.device) for v in step] for step in plan]
     m = [model(x, ts[0]).x0]  # model values, newest first
     for i, (rks, rho_p, rho_c) in enumerate(plan):
         # UniP: DPM-Solver-1 step plus weighted differences of past model values.

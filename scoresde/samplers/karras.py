@@ -20,9 +20,9 @@ from torch import Tensor
 from ..registry import Real
 from ..sde import LinearSDE
 from .registry import register
-from .tables import CoefficientTable, make_table
+from .tables import CoefficientTable, StageTable, TableBuilder, make_table
 
-__all__ = ["heun", "edm_sde", "euler_ancestral", "euler_ancestral_coefficients"]
+__all__ = ["heun", "edm_sde", "euler_ancestral", "euler_ancestral_coefficients", "heun_coefficients", "edm_sde_coefficients"]
 
 
 def _scaled_grid(sde: LinearSDE, ts: Tensor) -> tuple[Tensor, Tensor]:
@@ -34,8 +34,28 @@ def _cast(x: Tensor, *vs: Tensor) -> list[Tensor]:
     return [v.to(device=x.device, dtype=x.dtype) for v in vs]
 
 
+def _heun_row(b: TableBuilder, i: int, t0, t1, alpha0, alpha1, s0, s1) -> None:
+    """One EDM Heun step from (t0, sigma~ s0) to (t1, s1) in x = alpha x~: a call at the state, a
+    call at the Euler point alpha1 (r xt + (1 - r) x0), r = s1/s0, and the trapezoidal update
+    x' = alpha1 (r xt + (D/2)(1/s1 - 2/s0) x0 - (D/2s1) x0'), D = s1 - s0."""
+    r, D = s1 / s0, s1 - s0
+    b.call(("x0", i), t0)
+    b.call(("x0'", i), t1, x=alpha1 * r / alpha0, terms={("x0", i): alpha1 * (1.0 - r)})
+    b.update(alpha1 * r / alpha0, {("x0'", i): -alpha1 * 0.5 * D / s1, ("x0", i): alpha1 * 0.5 * D * (1.0 / s1 - 2.0 / s0)},
+             t_start=t0, t_end=t1, step=i)
+
+
+def heun_coefficients(sde: LinearSDE, ts: Tensor) -> StageTable:
+    """EDM's Heun sampler as a table: two calls per step, the second at the Euler point (see :func:`heun`)."""
+    alpha, s = (v.tolist() for v in _scaled_grid(sde, ts))
+    b = TableBuilder("heun", ts, 2)
+    for i in range(len(ts) - 1):
+        _heun_row(b, i, ts[i], ts[i + 1], alpha[i], alpha[i + 1], s[i], s[i + 1])
+    return b.build(sde)
+
+
 @register("heun", kind="ode", order=2, stochastic=False, nfe=2, default_steps=17,
-          default_schedule="karras", exact_for_point_mass=True,
+          default_schedule="karras", exact_for_point_mass=True, coefficients=heun_coefficients,
           paper="Karras et al. 2022 (EDM), Alg. 1")
 def heun(model, sde: LinearSDE, x, ts, *, noise, callback):
     """EDM deterministic sampler (Karras et al. 2022, Alg. 1); order 2, 2 NFE per step (17 steps + denoise = EDM's 35 NFE).
@@ -43,6 +63,11 @@ def heun(model, sde: LinearSDE, x, ts, *, noise, callback):
     Alg. 1 is Alg. 2 without churn: the loop is :func:`edm_sde`'s with S_churn = 0 (bit-identical).
     """
     return edm_sde(model, sde, x, ts, noise=noise, callback=callback)
+
+
+def _check_tmax(S_tmin: float, S_tmax: float) -> None:
+    if S_tmax < S_tmin:
+        raise ValueError(f"sampler 'edm_sde': S_tmax={S_tmax!r} is below S_tmin={S_tmin!r}; accepted: S_tmax >= S_tmin")
 
 
 def _churn_plan(sde: LinearSDE, ts: Tensor, S_churn: float, S_tmin: float, S_tmax: float):
@@ -66,6 +91,24 @@ def _churn_plan(sde: LinearSDE, ts: Tensor, S_churn: float, S_tmin: float, S_tma
     return gamma, t_hat, churned
 
 
+def edm_sde_coefficients(sde: LinearSDE, ts: Tensor, *, S_churn: float = 0.0, S_tmin: float = 0.0,
+                         S_tmax: float = math.inf, S_noise: float = 1.0) -> StageTable:
+    """EDM's stochastic sampler as a table: on a churned step a row without calls adds the noise
+    (x_hat = alpha_hat (x / alpha + churn z)), then a Heun row from t_hat (see :func:`edm_sde`)."""
+    _check_tmax(S_tmin, S_tmax)
+    gamma, t_hat, churned = _churn_plan(sde, ts, S_churn, S_tmin, S_tmax)
+    alpha, s = _scaled_grid(sde, ts)
+    s_hat = s[:-1] * (1.0 + gamma)
+    churn = s[:-1] * torch.sqrt(gamma * (2.0 + gamma)) * S_noise
+    alpha, s, s_hat, alpha_hat, churn, t_hat = (v.tolist() for v in (alpha, s, s_hat, sde.alpha(t_hat), churn, t_hat))
+    b = TableBuilder("edm_sde", ts, 2)
+    for i in range(len(ts) - 1):
+        if churned[i]:
+            b.update(alpha_hat[i] / alpha[i], c=alpha_hat[i] * churn[i], draw=True, t_start=ts[i], t_end=t_hat[i], step=None)
+        _heun_row(b, i, t_hat[i], ts[i + 1], alpha_hat[i], alpha[i + 1], s_hat[i], s[i + 1])
+    return b.build(sde, noise_scale=S_noise)
+
+
 def _churns(o: dict) -> bool:
     return o["S_churn"] > 0 and o["S_noise"] > 0
 
@@ -74,15 +117,14 @@ def _churns(o: dict) -> bool:
 # no strong order; the raise of sigma~ above the grid's top needs t(sigma~) beyond T.
 @register("edm_sde", kind="sde", stochastic=_churns, order=lambda o: None if _churns(o) else 2, nfe=2, default_steps=17,
           default_schedule="karras", exact_for_point_mass=lambda o: not _churns(o),
-          requires=lambda o: ("extends_beyond_T",) if o["S_churn"] > 0 else (),
+          requires=lambda o: ("extends_beyond_T",) if o["S_churn"] > 0 else (), coefficients=edm_sde_coefficients,
           params={"S_churn": Real(ge=0), "S_tmin": Real(ge=0), "S_tmax": Real(ge=0, allow_inf=True), "S_noise": Real(ge=0)},
           variants=({"S_churn": 40.0, "S_tmin": 0.05, "S_tmax": 50.0, "S_noise": 1.003}, {"S_churn": 10.0}),
           paper="Karras et al. 2022 (EDM), Alg. 2")
 def edm_sde(model, sde: LinearSDE, x, ts, *, noise, callback, S_churn: float = 0.0, S_tmin: float = 0.0,
             S_tmax: float = math.inf, S_noise: float = 1.0):
     """EDM stochastic sampler (Karras et al. 2022, Alg. 2); 2 NFE per step; S_churn=0 (default) is Alg. 1 (order 2)."""
-    if S_tmax < S_tmin:
-        raise ValueError(f"sampler 'edm_sde': S_tmax={S_tmax!r} is below S_tmin={S_tmin!r}; accepted: S_tmax >= S_tmin")
+    _check_tmax(S_tmin, S_tmax)
     gamma, t_hat, churned = _churn_plan(sde, ts, S_churn, S_tmin, S_tmax)
     alpha, s = _scaled_grid(sde, ts)
     s_hat = s[:-1] * (1.0 + gamma)

@@ -14,8 +14,9 @@ from .._utils import append_dims
 from ..registry import Int, Maybe, Real
 from ..sde import LinearSDE
 from .registry import register
+from .tables import StageTable, TableBuilder
 
-__all__ = ["ald", "langevin_move", "langevin_corrector", "ald_corrector", "NORMS"]
+__all__ = ["ald", "ald_coefficients", "langevin_move", "langevin_corrector", "ald_corrector", "NORMS"]
 
 #: how the Langevin corrector's ||z|| / ||score|| ratio is taken.
 NORMS = ("per_sample", "batch")
@@ -58,7 +59,25 @@ def _check_ald(eps: float, sigma_last: float) -> None:
         )
 
 
+def ald_coefficients(sde: LinearSDE, ts, *, eps: float | None = None, n_steps_each: int = 100) -> StageTable:
+    """Annealed Langevin dynamics as a table: each move x <- (1 - s/sigma^2) x + (s alpha/sigma^2) x0 + sqrt(2 s) z."""
+    sigma2, alpha = sde.sigma(ts) ** 2, sde.alpha(ts)
+    eps = 0.2 * float(sigma2[-1]) if eps is None else eps  # the sampler's default (see ald)
+    _check_ald(eps, float(sigma2[-1]) ** 0.5)
+    steps = eps * sigma2 / sigma2[-1]
+    b = TableBuilder("ald", ts, 1)
+    for level in range(len(ts)):
+        s = steps[level]
+        a, w, c = 1.0 - s / sigma2[level], s * alpha[level] / sigma2[level], torch.sqrt(2.0 * s)
+        for k in range(n_steps_each):
+            b.call(k, ts[level])
+            last = k == n_steps_each - 1 and level > 0
+            b.update(a, {k: w}, c=c, draw=True, t_start=ts[level], t_end=ts[level], step=level - 1 if last else None)
+    return b.build(sde, point_mass=False)
+
+
 @register("ald", kind="langevin", stochastic=True, default_steps=9, default_schedule="logsnr",
+          coefficients=ald_coefficients,
           params={"eps": Maybe(Real(gt=0)), "n_steps_each": Int(ge=1)}, nfe=lambda steps, o: o["n_steps_each"] * (steps + 1),
           nfe_per_step="n_steps_each per noise level; steps + 1 levels", variants=({"n_steps_each": 3},),
           paper="Song & Ermon 2019, Alg. 1 (NCSN annealed Langevin dynamics)")
