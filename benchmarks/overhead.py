@@ -3,8 +3,10 @@
 For every fixed-step sampler, each engine available here (``eager``: the sampler function itself;
 ``torch``, ``compiled``, ``fused``, ``graph``: scoresde.engine on the sampler's table) and several
 networks (randomly initialised ``scoresde.nets.MLP`` on 2-D data, a small ``UNet`` on 1x8x8
-images), it measures the bare network time, the sampler time (the table is built inside the timed
-region; the grid is not), the overhead ratio and samples/s. Optional k-diffusion rows
+images), it measures the bare network time, the sampler time (the engines take the table from
+``spec.table``, which caches it per SDE, grid and options: the untimed warm-up run builds it, as a
+user's first ``sample()`` call on a grid does; the eager samplers plan their coefficients inside
+the timed region; the grid is built outside), the overhead ratio and samples/s. Optional k-diffusion rows
 (``sample_euler``, ``sample_euler_ancestral``, ``sample_heun``, ``sample_dpmpp_2m``,
 ``sample_lms``) use the same network as an eps denoiser ``D(x, sigma) = x - sigma net(x, sigma)``
 on a Karras grid, when ``k_diffusion/sampling.py`` can be loaded (it is loaded from its file, its
@@ -158,11 +160,13 @@ def measure(setting: str, engines: list[str], rows, reps: int, device: torch.dev
             st = SPECIAL[name][1](steps) if name in SPECIAL else steps
             ts = make_grid(sde, st, spec.default_schedule, device=device)
             for eng in engines:
-                if eng != "eager" and spec.coefficients is None:
+                if eng.endswith("+cnoise") and not spec.traits(opts).stochastic:
+                    continue  # draws no noise: the same run as without +cnoise
+                if not eng.startswith("eager") and spec.coefficients is None:
                     continue
-                if eng != "eager":
+                if not eng.startswith("eager"):
                     try:
-                        spec.coefficients(sde, ts, **opts)
+                        spec.table(sde, ts, **opts)
                     except ValueError:
                         continue  # no table for these options (pc with the Langevin corrector)
                 rec = _time_one(model, sde, spec, ts, opts, eng, B, x, clock, bare_call, reps, own)
@@ -185,8 +189,11 @@ def measure(setting: str, engines: list[str], rows, reps: int, device: torch.dev
 
 
 def _time_one(model, sde, spec, ts, opts, eng, B, x, clock, bare_call, reps, own=False):
+    eng, _, nk = eng.partition("+")
+    kernel = "compiled" if nk == "cnoise" else "torch"
+
     def once():
-        noise = PerSampleNoise(torch.arange(B, device=x.device))
+        noise = PerSampleNoise(torch.arange(B, device=x.device), kernel=kernel)
         x_T = noise(x)
         model.reset_nfe()
         t0 = clock()
@@ -195,7 +202,7 @@ def _time_one(model, sde, spec, ts, opts, eng, B, x, clock, bare_call, reps, own
         else:
             from scoresde.engine import run
 
-            run(eng, model, sde, x_T, ts, spec.coefficients(sde, ts, **opts), noise)
+            run(eng, model, sde, x_T, ts, spec.table(sde, ts, **opts), noise)
         return clock() - t0, model.nfe
 
     try:
@@ -203,7 +210,7 @@ def _time_one(model, sde, spec, ts, opts, eng, B, x, clock, bare_call, reps, own
     except Exception as err:
         print(f"  {spec.name} {eng}: skipped ({type(err).__name__}: {err})")
         return None
-    return _collect(once, bare_call, reps, B, eng, own)
+    return _collect(once, bare_call, reps, B, eng + ("+cnoise" if nk else ""), own)
 
 
 def _time_kd(kd, kname, net, B, x, steps, clock, bare_call, reps, device, own=False):
@@ -326,6 +333,9 @@ def main(argv=None) -> None:
     ap.add_argument("--label", default="after", help="names the output files (e.g. before / after)")
     ap.add_argument("--out", default=os.path.join("runs", "overhead"))
     ap.add_argument("--no-kd", action="store_true", help="skip the k-diffusion rows")
+    ap.add_argument("--cnoise", action="store_true",
+                    help="also run each engine with PerSampleNoise(kernel='compiled') (engine label ENGINE+cnoise; "
+                         "stochastic samplers only): the Philox rounds as one torch.compile-d kernel")
     ap.add_argument("--own", action="store_true",
                     help="time the samplers with a network that costs nothing (a fixed output tensor): the "
                          "sampler's own time; overhead = 1 + own / (NFE x bare call), immune to the noise of "
@@ -344,6 +354,8 @@ def main(argv=None) -> None:
         here = ["eager"]
     engines = [e for e in args.engines.split(",") if e] or here
     engines = [e for e in engines if e in here]
+    if args.cnoise:
+        engines += [e + "+cnoise" for e in engines]
     rows = fixed_step_samplers()
     if args.samplers:
         keep = set(args.samplers.split(","))

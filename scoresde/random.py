@@ -24,7 +24,7 @@ from torch import Tensor
 
 __all__ = [
     "NoiseSource", "IndexedNoise", "PerSampleNoise", "GeneratorNoise", "TensorNoise", "philox_normal",
-    "philox_normal_reference", "make_seeds", "draw_indexed", "stream_position", "advance_stream",
+    "philox_normal_reference", "make_seeds", "draw_indexed", "stream_position", "advance_stream", "NOISE_KERNELS",
 ]
 
 _M0, _M1 = 0xD2511F53, 0xCD9E8D57
@@ -142,12 +142,17 @@ class PerSampleNoise:
     #: at most this many (sample, 4-element block) counters per generating call
     BLOCK_BUDGET = 1 << 15
 
-    def __init__(self, seeds: Tensor, start: int = 0, *, prefetch: int = 64):
+    def __init__(self, seeds: Tensor, start: int = 0, *, prefetch: int = 64, kernel: str = "torch"):
         if isinstance(prefetch, bool) or not isinstance(prefetch, int) or prefetch < 1:
             raise ValueError(f"prefetch must be a positive integer (draws generated per call); got {prefetch!r}")
+        if kernel not in NOISE_KERNELS:
+            raise ValueError(f"kernel={kernel!r} is not one of the accepted values: {', '.join(map(repr, NOISE_KERNELS))}")
         self._seeds = seeds
         self.draws = start
         self.prefetch = prefetch
+        #: how the Philox rounds run: "torch" (vectorised eager ops) or "compiled" (one torch.compile-d
+        #: integer kernel; the first call per block shape compiles, tens of seconds on a small CPU)
+        self.kernel = kernel
         self._keys: dict[torch.device, Tensor] = {}
         self._buf: tuple | None = None  # (key, first draw, (L, B, n) normals)
 
@@ -167,25 +172,32 @@ class PerSampleNoise:
         return keys
 
     def __call__(self, like: Tensor) -> Tensor:
-        if like.shape[0] != self._seeds.shape[0]:
-            raise ValueError(f"noise asked for a batch of {like.shape[0]}, but there are {self._seeds.shape[0]} seeds")
-        n = like[0].numel()
-        dtype = like.dtype if like.is_floating_point() else torch.float32
-        key = (n, dtype, like.device)
+        # The block in hand serves the next draw when shape, dtype and device match (one tuple compare).
+        key = (like.shape, like.dtype, like.device)
         k = self.draws
         buf = self._buf
-        if buf is None or buf[0] != key or not buf[1] <= k < buf[1] + buf[2].shape[0]:
-            L = max(1, min(self.prefetch, self.BLOCK_BUDGET // (like.shape[0] * ((n + 3) // 4))))
-            draws = torch.arange(k, k + L, device=like.device, dtype=torch.int64)[:, None, None]
-            buf = self._buf = (key, k, _normals(self.round_keys(like.device), draws, n, dtype))
-        self.draws += 1
-        return buf[2][k - buf[1]].reshape(like.shape)
+        if buf is None or buf[0] != key or not buf[1] <= k < buf[1] + len(buf[2]):
+            buf = self._buf = self._block(like, key, k)
+        self.draws = k + 1
+        return buf[2][k - buf[1]]
+
+    def _block(self, like: Tensor, key: tuple, k: int) -> tuple:
+        """Generate the block of draws k, k+1, ... for ``like``: (key, first draw, list of draws)."""
+        B = like.shape[0] if like.ndim else 0
+        if B != self._seeds.shape[0]:
+            raise ValueError(f"noise asked for a batch of {B}, but there are {self._seeds.shape[0]} seeds")
+        n = like[0].numel()
+        dtype = like.dtype if like.is_floating_point() else torch.float32
+        L = max(1, min(self.prefetch, self.BLOCK_BUDGET // (B * ((n + 3) // 4))))
+        draws = torch.arange(k, k + L, device=like.device, dtype=torch.int64)[:, None, None]
+        z = _normals(self.round_keys(like.device), draws, n, dtype, self.kernel)
+        return key, k, list(z.reshape(L, *like.shape).unbind(0))
 
     def draw_per_sample(self, like: Tensor, counters: Tensor) -> Tensor:
         """Noise for sample i at its own draw index counters[i] (int64 tensor, (B,))."""
         n = like[0].numel()
         cnt = counters.to(device=like.device, dtype=torch.int64)[None, :, None]
-        return _normals(self.round_keys(like.device), cnt, n, like.dtype)[0].reshape(like.shape)
+        return _normals(self.round_keys(like.device), cnt, n, like.dtype, self.kernel)[0].reshape(like.shape)
 
 
 def philox_normal_counters(seeds: Tensor, counters: Tensor, n: int, dtype: torch.dtype) -> Tensor:
@@ -270,10 +282,41 @@ def _philox_words_portable(keys: Tensor, draws: Tensor, nb: int) -> Tensor:
     return torch.stack([v.reshape(L, B, nb) for v in w])
 
 
-def _normals(keys: Tensor, draws: Tensor, n: int, dtype: torch.dtype) -> Tensor:
+# ------------------------------------------------------------------ the compiled kernel (opt-in)
+# The Philox rounds as exact int64 arithmetic (the reference's 16-bit split multiplication: every
+# product < 2^48, no overflow anywhere), written for torch.compile: inductor fuses the ten rounds
+# into one loop, so a block of draws costs one pass instead of ~60 tensor operations. Integer
+# arithmetic, so the words are those of the reference bit for bit on every backend. Box-Muller stays
+# in eager float64 (compiled transcendentals may differ from ATen's in the last bit).
+NOISE_KERNELS = ("torch", "compiled")
+_COMPILED_WORDS: list = []
+
+
+def _philox_words_int64(k0: Tensor, k1: Tensor, draws: Tensor, nb: int) -> Tensor:
+    """(4, L, B, nb) int64 words; k0, k1 (1, B, 1) int64 round-0 keys in [0, 2^32), draws (L, 1, 1) or (1, B, 1)."""
+    j = torch.arange(nb, device=k0.device, dtype=torch.int64)[None, None, :]
+    zero = 0 * draws + 0 * k0 + 0 * j  # (L, B, nb)
+    c0, c1, c2 = j + zero, (draws & _MASK32) + zero, ((draws >> 32) & _MASK32) + zero
+    c3 = zero + 0x5C0E5DE
+    return torch.stack(philox4x32(c0, c1, c2, c3, k0 + zero, k1 + zero, _ROUNDS))
+
+
+def _compiled_words() -> object:
+    if not _COMPILED_WORDS:
+        _COMPILED_WORDS.append(torch.compile(_philox_words_int64, dynamic=True, fullgraph=True))
+    return _COMPILED_WORDS[0]
+
+
+def _normals(keys: Tensor, draws: Tensor, n: int, dtype: torch.dtype, kernel: str = "torch") -> Tensor:
     """(L, B, n) standard normals of the given draws (Box-Muller exactly as the reference)."""
     nb = (n + 3) // 4
-    w = _philox_words(keys, draws, nb) if _LITTLE_ENDIAN else _philox_words_portable(keys, draws, nb)
+    if kernel == "compiled":
+        k = keys[0].to(torch.int64) & _MASK32  # round-0 keys (2, 1, B, 1) as unsigned values
+        w = _compiled_words()(k[0], k[1], draws, nb)
+    elif _LITTLE_ENDIAN:
+        w = _philox_words(keys, draws, nb)
+    else:
+        w = _philox_words_portable(keys, draws, nb)
     pairs = 1 if n <= 2 else 2  # n <= 2: only the first word pair of the one block is used
     u = (w[: 2 * pairs].to(torch.float64) + 0.5) * (1.0 / 4294967296.0)
     rad = torch.sqrt(-2.0 * torch.log(u[0::2]))  # from words 0 and 2

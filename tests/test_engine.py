@@ -237,3 +237,39 @@ def test_compiled_engine_matches_the_torch_engine():
         got = run("compiled", model, sde, x_T, ts, table, PerSampleNoise(torch.arange(6)))
         # inductor may fuse multiply-adds differently from eager float32: same tolerance as eager vs engine.
         assert _close(got, ref, TOL32), name
+
+
+def test_sample_with_the_compiled_engine_draws_through_the_compiled_noise_kernel(monkeypatch):
+    """sample(engine="compiled"): the default per-sample noise goes through the compiled Philox kernel
+    (the same values, so the same samples as engine="torch" to float tolerance)."""
+    import scoresde
+    import scoresde.random as rnd
+
+    kernels = []
+    real = rnd._normals
+    monkeypatch.setattr(rnd, "_normals", lambda *a, **k: kernels.append(a[4] if len(a) > 4 else k.get("kernel")) or real(*a, **k))
+    sde = VPSDE()
+    mix = GaussianMixture([0.5, 0.5], [[1.0] * 6, [-1.0] * 6], [0.3, 0.3])  # 6-D: 2 Philox blocks per sample
+    kw = dict(sampler="euler_ancestral", steps=6, shape=(5, 6), seeds=range(5), dtype=torch.float32)
+    ref = scoresde.sample(mix.score_fn(sde), sde, engine="torch", **kw).x
+    got = scoresde.sample(mix.score_fn(sde), sde, engine="compiled", **kw).x
+    assert "compiled" in kernels and "torch" in kernels
+    assert _close(got, ref, TOL32)
+
+
+def test_tables_and_plans_are_cached_by_contents_and_never_shared_across_sdes_or_call_maps():
+    from scoresde.engine.plan import lower, lower_cached
+
+    spec = get("dpmpp_2m_sde")
+    sde, other = VPSDE(), VPSDE(beta_max=15.0)
+    ts = make_grid(sde, 7, spec.default_schedule)
+    t1 = spec.table(sde, ts)
+    assert spec.table(sde, ts.clone()) is t1  # same grid contents: built once
+    assert spec.table(sde, ts, solver_type="taylor") is not t1
+    assert spec.table(other, ts) is not t1 and not torch.equal(spec.table(other, ts).a, t1.a)
+    assert spec.table(sde, make_grid(sde, 8, spec.default_schedule)) is not t1
+    eps, x0 = ScoreModel(MIX.score_fn(sde), sde, "eps"), ScoreModel(MIX.score_fn(sde), sde, "x0")
+    p = lower_cached(t1, eps)
+    assert lower_cached(t1, ScoreModel(MIX.score_fn(sde), sde, "eps")) is p  # the same call maps
+    q = lower_cached(t1, x0)
+    assert q is not p and q.fingerprint() == lower(t1, x0).fingerprint() and p.fingerprint() == lower(t1, eps).fingerprint()

@@ -171,31 +171,31 @@ def _check_cells(cells: list[Cell], problems: dict[str, Problem]) -> tuple[list[
 
     keep, notes, missing = [], [], []
     seen: set[tuple[str, str]] = set()
+
+    def note_once(key: tuple[str, str], text: str) -> None:  # one note per sampler (and problem)
+        if key not in seen:
+            seen.add(key)
+            notes.append(text)
+
     for c in cells:
         if peers.is_peer(c.sampler):
             why = peers.unavailable(c.sampler)
             if why is not None:
                 missing.append(c)
-                if (c.sampler, "") not in seen:
-                    seen.add((c.sampler, ""))
-                    notes.append(f"peer sampler {c.label}: {why}")
+                note_once((c.sampler, ""), f"peer sampler {c.label}: {why}")
                 continue
             peers.check_options(c.sampler, c.options)  # an unknown peer sampler or option: a mistake, raises
             try:
                 peers.check_problem(c.sampler, c.options, problems[c.problem].sde)
             except ValueError as err:
-                if (c.sampler, c.problem) not in seen:
-                    seen.add((c.sampler, c.problem))
-                    notes.append(f"{c.label} on {c.problem} skipped: {err}")
+                note_once((c.sampler, c.problem), f"{c.label} on {c.problem} skipped: {err}")
                 continue
             keep.append(c)
             continue
         try:
             spec = registry.get(c.sampler)
         except ValueError as err:
-            if (c.sampler, "") not in seen:
-                seen.add((c.sampler, ""))
-                notes.append(f"sampler {c.sampler!r} skipped: {err}")
+            note_once((c.sampler, ""), f"sampler {c.sampler!r} skipped: {err}")
             continue
         try:
             opts = spec.validate(_sampler_options(c.options), fill=False, extra_valid=_FRONT)
@@ -204,9 +204,7 @@ def _check_cells(cells: list[Cell], problems: dict[str, Problem]) -> tuple[list[
         try:
             spec.check_sde(problems[c.problem].sde, opts)
         except ValueError as err:
-            if (c.sampler, c.problem) not in seen:
-                seen.add((c.sampler, c.problem))
-                notes.append(f"{c.label} on {c.problem} skipped: {err}")
+            note_once((c.sampler, c.problem), f"{c.label} on {c.problem} skipped: {err}")
             continue
         keep.append(c)
     return keep, notes, missing

@@ -36,7 +36,7 @@ from ..model import as_model
 from ..samplers.tables import CoefficientTable, StageTable, as_stage_table
 from ..sde import LinearSDE
 from .core import TorchExecutor, check_noise, drive
-from .plan import Plan, lower
+from .plan import Plan, lower, lower_cached
 
 __all__ = ["run", "ENGINES", "available", "lower", "Plan"]
 
@@ -74,12 +74,13 @@ def run(
     if engine not in ENGINES:
         raise ValueError(f"engine={engine!r} is not one of the accepted values: {', '.join(map(repr, ENGINES))}")
     model = as_model(model, sde)
-    table = as_stage_table(table)
+    if not isinstance(table, (CoefficientTable, StageTable)):
+        as_stage_table(table)  # raises the TypeError naming the accepted types
     if not isinstance(x, Tensor) or x.ndim < 2 or not x.is_floating_point():
         raise ValueError(f"x must be a floating-point tensor of shape (B, *D); got {getattr(x, 'shape', type(x).__name__)}")
     if table.ts.shape != ts.shape or not torch.equal(table.ts.to(ts.device, torch.float64), ts.to(torch.float64)):
         raise ValueError(f"table {table.name!r} was built for another grid than ts")
-    plan = lower(table, model)
+    plan = lower_cached(table, model)
     check_noise(plan, noise)
     cond = dict(cond or {})
     if engine == "torch":

@@ -53,6 +53,16 @@ class TorchExecutor(Executor):
     def setup(self, R, plan, noise, dtype):
         super().setup(R, plan, noise, dtype)
         self.regs = regs = list(R.unbind(0))
+        program = plan.__dict__.get("_torch_program")
+        if program is None:  # worked out once per plan (plans are cached per table and call maps)
+            program = plan.__dict__["_torch_program"] = self._program(plan)
+        # Bind the register numbers to this run's register views.
+        self._ops = [[(kind, regs[v] if isinstance(v, int) else v, w, regs[t]) for kind, v, w, t in ops]
+                     for ops in program]
+
+    @staticmethod
+    def _program(plan) -> list:
+        """Per launch, the (kind, operand, weight, target) operations, registers as numbers."""
         launches = plan.launches
         K = plan.K
         # Liveness: which pushes are read by a later launch (logical history, newest first).
@@ -67,7 +77,7 @@ class TorchExecutor(Executor):
                         later_use.add(hist_ids[k])
         free = list(range(2, 2 + K))
         hist: list[dict] = []  # newest first: {"id", "slot", "scale", "src"}
-        self._ops = []
+        program = []
         for j, op in enumerate(launches):
             ops: list[tuple] = []
             entry = None
@@ -88,10 +98,10 @@ class TorchExecutor(Executor):
                     slot = free.pop()
                     entry["slot"] = slot
                     if ws != 0.0:
-                        ops.append(("addout", regs[src], wo / ws, regs[slot]))  # y = src + (wo/ws) out
+                        ops.append(("addout", src, wo / ws, slot))  # y = src + (wo/ws) out
                         entry["scale"] = ws
                     else:
-                        ops.append(("mulout", _OUT, wo, regs[slot]))
+                        ops.append(("mulout", _OUT, wo, slot))
                 hist.insert(0, entry)
             changed = set()
             for s in op.assigns:
@@ -105,13 +115,13 @@ class TorchExecutor(Executor):
                         w_reg[e["src"]] += w * e["ws"]
                         terms.append((w * e["wo"], _OUT))
                     elif e["slot"] is not None:
-                        terms.append((w * e["scale"], regs[e["slot"]]))
+                        terms.append((w * e["scale"], e["slot"]))
                     else:  # cannot happen: liveness stores every entry read after its launch
                         raise AssertionError(f"table {plan.name!r}: history entry {k} read but not stored")
-                terms = [(w, regs[r]) for r, w in w_reg.items() if w != 0.0 and r != s.target] + terms
+                terms = [(w, r) for r, w in w_reg.items() if w != 0.0 and r != s.target] + terms
                 if s.wz != 0.0:
                     terms.append((s.wz, _Z))
-                own, tgt = w_reg[s.target], regs[s.target]
+                own, tgt = w_reg[s.target], s.target
                 if own == 0.0:
                     if not terms:
                         ops.append(("zero", None, 0.0, tgt))
@@ -123,7 +133,8 @@ class TorchExecutor(Executor):
                     ops.append(("mul", None, own, tgt))
                 ops.extend(("add", v, w, tgt) for w, v in terms)
                 changed.add(s.target)
-            self._ops.append(ops)
+            program.append(ops)
+        return program
 
     def reset(self):
         self._next = 0

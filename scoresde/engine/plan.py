@@ -25,7 +25,7 @@ from torch import Tensor
 
 from ..samplers.tables import CoefficientTable, StageTable, as_stage_table
 
-__all__ = ["Assign", "Launch", "Call", "Plan", "lower"]
+__all__ = ["Assign", "Launch", "Call", "Plan", "lower", "lower_cached"]
 
 X, U = 0, 1  # register numbers of the state and of the network input
 
@@ -109,12 +109,40 @@ class Plan:
         return (self.name, self.K, tuple(out), tuple(self.c_noise.tolist()))
 
 
+_PLANS_PER_TABLE = 8
+
+
+def lower_cached(table: CoefficientTable | StageTable, model) -> Plan:
+    """:func:`lower`, once per table and per set of call maps: the plans are kept on the (immutable)
+    table object, keyed by the values of ``model.linear_io`` at the table's call times, so a model
+    with the same maps (same SDE, parameterisation, time input) reuses the plan and another never
+    does. Plans are read-only to the engines."""
+    cache = table.__dict__.get("_plan_cache")
+    if cache is None:
+        st = as_stage_table(table)
+        cache = {"stages": st, "times": st.eval_times(), "plans": {}}
+        object.__setattr__(table, "_plan_cache", cache)  # frozen dataclass: a private side cache
+    io = model.linear_io(cache["times"])
+    key = b"".join(v.detach().to("cpu", torch.float64).contiguous().numpy().tobytes() for v in io)
+    plans = cache["plans"]
+    plan = plans.get(key)
+    if plan is None:
+        if len(plans) >= _PLANS_PER_TABLE:
+            plans.pop(next(iter(plans)))
+        plan = plans[key] = _lower(cache["stages"], cache["times"], io)
+    return plan
+
+
 def lower(table: CoefficientTable | StageTable, model) -> Plan:
     """Lower ``table`` for ``model`` (a ScoreModel: its ``linear_io`` gives the per-call maps)."""
     table = as_stage_table(table)
-    K = table.history
     times = table.eval_times()
-    k_in, c_noise, a_u, a_out = (v.tolist() for v in model.linear_io(times))
+    return _lower(table, times, model.linear_io(times))
+
+
+def _lower(table: StageTable, times: Tensor, io) -> Plan:
+    K = table.history
+    k_in, c_noise, a_u, a_out = (v.tolist() for v in io)
     ops: list = []
     cur = Launch()
     e = 0

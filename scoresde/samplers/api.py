@@ -134,6 +134,9 @@ def sample(
             ``"compiled"`` (torch.compile), ``"fused"`` (Triton kernels, CUDA), ``"graph"`` (a CUDA
             graph of the whole loop). Only samplers whose ``table`` trait holds for these options;
             the same per-sample noise stream as eager, the same samples to float round-off.
+            ``"compiled"`` also draws the default per-sample noise through the compiled Philox
+            kernel (``PerSampleNoise(kernel="compiled")``: the same values bit for bit); any engine,
+            eager included, can have it by passing such a source as ``noise=``.
         **options: the sampler's own options (see ``registry.get(name).options``), checked against
             their declared accepted values before anything runs.
     """
@@ -211,7 +214,8 @@ def sample(
     used_seeds = None
     if noise is None:
         used_seeds = make_seeds(shape[0], generator=generator, seeds=seeds, device=device)
-        noise_src = PerSampleNoise(used_seeds)
+        # engine="compiled" also draws through the compiled Philox kernel (the same values bit for bit).
+        noise_src = PerSampleNoise(used_seeds, kernel="compiled" if engine == "compiled" else "torch")
     elif isinstance(noise, torch.Generator):
         noise_src = GeneratorNoise(noise)
     elif isinstance(noise, IndexedNoise):  # counter-based (e.g. a PerSampleNoise): used as it is

@@ -30,8 +30,11 @@ from __future__ import annotations
 
 import math
 import warnings
+import weakref
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
+
+import torch
 
 from ..registry import Entry, Param, Registry
 from ..sde import CAPABILITIES, LinearSDE
@@ -142,10 +145,27 @@ class SamplerSpec(Entry):
                       exact_for_point_mass=bool(ev("exact_for_point_mass")), sde_eta=eta, nfe_total=total)
 
     def table(self, sde: LinearSDE, ts, **options: Any):
-        """The checked coefficient table of these options on grid ``ts`` (see samplers/tables.py)."""
+        """The checked coefficient table of these options on grid ``ts`` (see samplers/tables.py).
+
+        Tables are immutable and cached per SDE object (weakly: the cache goes with the SDE), grid
+        contents and options, so repeated runs on one grid build it once; an SDE is treated as
+        immutable once it has sampled (build a new one to change its parameters)."""
         if not self.traits(options).table:
             raise ValueError(f"sampler {self.name!r} has no coefficient table for options {options or '(defaults)'}")
-        return self.coefficients(sde, ts, **self.validate(options))
+        opts = self.validate(options)
+        key = _table_key(self.name, ts, opts)
+        try:
+            per_sde = _TABLES.setdefault(sde, {})
+        except TypeError:  # an unhashable or non-weak-referenceable SDE: no cache
+            per_sde, key = {}, None
+        table = per_sde.get(key) if key is not None else None
+        if table is None:
+            table = self.coefficients(sde, ts, **opts)
+            if key is not None:
+                if len(per_sde) >= _TABLES_PER_SDE:
+                    per_sde.pop(next(iter(per_sde)))  # the oldest entry
+                per_sde[key] = table
+        return table
 
     def check_sde(self, sde: LinearSDE, options: Mapping[str, Any] | None = None) -> None:
         """Raise ValueError if ``sde`` lacks a capability these options need (before any network call)."""
@@ -162,6 +182,25 @@ class SamplerSpec(Entry):
             reason = self.supports(sde)
             if reason:
                 raise ValueError(f"sampler {self.name!r} does not support {sde!r}: {reason}")
+
+
+_TABLES: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # sde -> {key: table}
+_TABLES_PER_SDE = 32
+_PLAIN = (int, float, str, bool, type(None))
+
+
+def _table_key(name: str, ts: Any, opts: Mapping[str, Any]) -> tuple | None:
+    """(sampler, grid contents, options) when every option value is plain data, else None (not cached)."""
+    items = []
+    for k, v in sorted(opts.items()):
+        if isinstance(v, tuple) and all(isinstance(e, _PLAIN) for e in v) or isinstance(v, _PLAIN):
+            items.append((k, type(v).__name__, v))
+        else:
+            return None
+    if not isinstance(ts, torch.Tensor):
+        return None
+    t = ts.detach()
+    return name, t.dtype, str(t.device), tuple(t.shape), t.cpu().contiguous().numpy().tobytes(), tuple(items)
 
 
 def _with(options: Mapping[str, Any] | None) -> str:
